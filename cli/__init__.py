@@ -1,0 +1,12 @@
+"""gilclone: several independent CPython interpreters, each with its own GIL, in one process.
+
+The root package holds what the three layers share (the error types) and the
+command line; the work lives in ``gilclone.platforms`` (reading binaries and
+locating Python), ``gilclone.cloner`` (making self-bound copies) and
+``gilclone.pool`` (running tasks on them).
+"""
+
+from gilclone.errors import GilcloneError
+
+__version__ = "0.1.0"
+__all__ = ["GilcloneError", "__version__"]

@@ -1,0 +1,1 @@
+"""Platform layer: read ELF / PE / Mach-O binaries and locate an interpreter's libpython."""

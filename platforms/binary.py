@@ -1,0 +1,67 @@
+"""Read any supported binary into a BinaryInfo: the one entry point for inspection."""
+
+import os
+
+from gilclone.errors import BinaryFormatError
+from gilclone.platforms.model import BinaryInfo
+
+ELF_MAGIC = b"\x7fELF"
+PE_MAGIC = b"MZ"
+# Mach-O thin (32/64, both byte orders) and fat headers.
+MACHO_MAGICS = (
+    b"\xfe\xed\xfa\xce",
+    b"\xce\xfa\xed\xfe",
+    b"\xfe\xed\xfa\xcf",
+    b"\xcf\xfa\xed\xfe",
+    b"\xca\xfe\xba\xbe",
+    b"\xca\xfe\xba\xbf",
+)
+
+
+def read_binary(path) -> BinaryInfo:
+    """Inspect ``path``; raise BinaryFormatError naming the file and the problem."""
+    path = os.fspath(path)
+    head = _read_head(path)
+    if head.startswith(ELF_MAGIC):
+        from gilclone.platforms import elf
+
+        return elf.read(path)
+    if head.startswith(PE_MAGIC):
+        from gilclone.platforms import pe
+
+        return pe.read(path)
+    if head[:4] in MACHO_MAGICS:
+        from gilclone.platforms import macho
+
+        return macho.read(path)
+    raise BinaryFormatError(path, _describe_foreign(head))
+
+
+def _read_head(path: str) -> bytes:
+    if not os.path.lexists(path):
+        raise BinaryFormatError(path, "no such file; check the path")
+    if os.path.isdir(path):
+        raise BinaryFormatError(path, "is a directory, not a binary; name a file inside it")
+    try:
+        with open(path, "rb") as f:
+            return f.read(64)
+    except OSError as exc:
+        raise BinaryFormatError(path, f"cannot be read ({exc.strerror})") from None
+
+
+def _describe_foreign(head: bytes) -> str:
+    if not head:
+        return "is empty, not a binary"
+    if head.startswith(b"#!") or _looks_like_text(head):
+        return "is a text file, not an ELF, PE or Mach-O binary"
+    if head.startswith(b"PK\x03\x04"):
+        return "is a zip archive (a wheel?); unpack it and name the binary inside"
+    return "is not an ELF, PE or Mach-O binary (unknown magic %s)" % head[:4].hex()
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(b >= 9 for b in head)
