@@ -63,15 +63,16 @@ def classify(
     needed = list(needed)
     if is_executable:
         return KIND_EXECUTABLE, _version_from_needed(needed)
-    if any(e.startswith("PyInit_") for e in exports):
-        version = python_version_from_filename(filename) or _version_from_needed(needed)
-        return KIND_EXTENSION, version
+    # libpython exports PyInit_* for its built-in modules too, so test it first.
     if "Py_Initialize" in exports or "Py_InitializeEx" in exports:
         version = (
             python_version_from_libname(own_name or "")
             or python_version_from_libname(filename)
         )
         return KIND_LIBPYTHON, version
+    if any(e.startswith("PyInit_") for e in exports):
+        version = python_version_from_filename(filename) or _version_from_needed(needed)
+        return KIND_EXTENSION, version
     return KIND_LIBRARY, _version_from_needed(needed)
 
 
