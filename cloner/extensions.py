@@ -1,0 +1,117 @@
+"""Per-clone copies ("twins") of extension modules, made on first import.
+
+CPython extension modules on Linux resolve ``Py*`` symbols from whatever is
+first in the global scope, i.e. the host's libpython. A clone needs its own
+copy of each extension, with a DT_NEEDED on the clone's libpython (so a
+RTLD_DEEPBIND load finds the clone first) and its ``$ORIGIN`` run paths made
+absolute (so bundled libraries such as numpy's OpenBLAS are still found from
+the copy's new place).
+"""
+
+import hashlib
+import os
+import threading
+import uuid
+from typing import Dict, List
+
+from gilclone.cloner import elf_writer, store
+from gilclone.cloner.filelock import FileLock
+from gilclone.errors import BinaryFormatError, CloneError
+from gilclone.platforms import elf as elf_reader
+from gilclone.platforms.classify import python_version_from_libname
+
+TWIN_FILE = "twin.json"
+
+
+def resolve_origin(rpaths, origin_dir: str) -> List[str]:
+    """Run paths with $ORIGIN replaced by the directory of the original file."""
+    out = []
+    for p in rpaths:
+        out.append(p.replace("${ORIGIN}", origin_dir).replace("$ORIGIN", origin_dir))
+    return out
+
+
+class TwinFactory:
+    """Makes and finds the extension twins of one clone. Thread-safe and process-safe."""
+
+    def __init__(self, record: store.CloneRecord):
+        self.record = record
+        self._known: Dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def twin_for(self, origin: str) -> str:
+        """Path of the twin of extension ``origin``, built if missing or stale."""
+        with self._lock:
+            known = self._known.get(origin)
+            if known:
+                return known
+            twin = self._twin_for(os.path.realpath(origin))
+            self._known[origin] = twin
+            return twin
+
+    def _twin_for(self, source: str) -> str:
+        base = os.path.basename(source)
+        key = f"{base}-{hashlib.sha1(source.encode()).hexdigest()[:10]}"
+        twin_dir = os.path.join(self.record.ext_dir, key)
+        twin = os.path.join(twin_dir, base)
+        if _is_current(twin_dir, twin, source):
+            return twin
+        os.makedirs(self.record.ext_dir, exist_ok=True)
+        with FileLock(os.path.join(self.record.ext_dir, ".lock")):
+            if _is_current(twin_dir, twin, source):
+                return twin
+            self._build(source, twin_dir, base)
+        return twin
+
+    def _build(self, source: str, twin_dir: str, base: str) -> None:
+        try:
+            info = elf_reader.read(source)
+        except BinaryFormatError as exc:
+            raise CloneError(f"cannot copy extension module: {exc}") from None
+        soname = self.record.soname
+        linked = [n for n in info.needed if (python_version_from_libname(n) or "").startswith("3")]
+        edits = elf_writer.ElfEdits(
+            replace_needed={old: soname for old in linked},
+            add_needed=[] if linked else [soname],
+            rpaths=tuple(resolve_origin(info.rpaths, os.path.dirname(source))),
+        )
+        tmp = os.path.join(self.record.ext_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.makedirs(tmp)
+        target = os.path.join(tmp, base)
+        try:
+            elf_writer.apply(source, target, edits)
+            src_stat = os.stat(source)
+            tgt_stat = os.stat(target)
+            store.write_json_atomic(
+                os.path.join(tmp, TWIN_FILE),
+                {
+                    "source": source,
+                    "source_size": src_stat.st_size,
+                    "source_mtime_ns": src_stat.st_mtime_ns,
+                    "sha256": store.sha256_file(target),
+                    "stamp": [tgt_stat.st_size, tgt_stat.st_mtime_ns, tgt_stat.st_ctime_ns, tgt_stat.st_ino],
+                },
+            )
+            store.discard(twin_dir)
+            os.rename(tmp, twin_dir)
+        finally:
+            if os.path.exists(tmp):
+                store.discard(tmp)
+
+
+def _is_current(twin_dir: str, twin: str, source: str) -> bool:
+    """The twin exists, was made from the source as it is now, and is unaltered."""
+    try:
+        meta = store.read_json(os.path.join(twin_dir, TWIN_FILE))
+        src = os.stat(source)
+        tgt = os.stat(twin)
+    except (OSError, ValueError):
+        return False
+    if meta.get("source") != source or meta.get("source_size") != src.st_size:
+        return False
+    if meta.get("source_mtime_ns") != src.st_mtime_ns:
+        return False
+    stamp = [tgt.st_size, tgt.st_mtime_ns, tgt.st_ctime_ns, tgt.st_ino]
+    if meta.get("stamp") == stamp:
+        return True
+    return store.sha256_file(twin) == meta.get("sha256")

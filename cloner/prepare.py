@@ -1,0 +1,163 @@
+"""Prepare a clone set: N copies of an interpreter's libpython, each bound to itself."""
+
+import errno
+import hashlib
+import os
+import sys
+import uuid
+from typing import Callable, Optional
+
+from gilclone.cloner import elf_writer, naming, store
+from gilclone.cloner.filelock import FileLock
+from gilclone.errors import CacheLocationError, CloneError, LocateError
+from gilclone.platforms.binary import read_binary
+from gilclone.platforms.locate import locate
+from gilclone.platforms.model import KIND_LIBPYTHON, PythonInstall
+
+Progress = Callable[[int, int, str], None]
+
+
+def set_id_for(install: PythonInstall, libpython_sha256: str) -> str:
+    """Identifies the set by the exact libpython bytes and the layout version."""
+    text = f"{store.FORMAT_VERSION}:{install.version}:{libpython_sha256}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def default_set_dir(install: PythonInstall, set_id: str) -> str:
+    return os.path.join(store.default_cache_root(), f"{install.version}-{set_id[:12]}")
+
+
+def prepare(
+    count: int,
+    dest: Optional[str] = None,
+    python: Optional[str] = None,
+    install: Optional[PythonInstall] = None,
+    progress: Optional[Progress] = None,
+) -> store.CloneSet:
+    """Make sure the set holds at least ``count`` valid clones and return it.
+
+    Safe to run from several processes at once (they serialise on the set's
+    lock), and after a killed run (its temporary directories are removed).
+    """
+    if count < 1:
+        raise CloneError(f"--count must be at least 1, not {count}")
+    install = install or locate(python)
+    libpython = _source_libpython(install)
+    sha = store.sha256_file(libpython)
+    set_id = set_id_for(install, sha)
+    root = os.path.abspath(dest or default_set_dir(install, set_id))
+    store.check_writable_location(root)
+    try:
+        with FileLock(os.path.join(root, ".lock")):
+            store.remove_leftovers(root)
+            _write_set_file(root, install, libpython, sha, set_id)
+            for index in range(count):
+                record = _existing(root, index)
+                problem = store.check_clone(record, full=True) if record else "missing"
+                if problem is None:
+                    continue
+                if progress:
+                    progress(index + 1, count, f"building clone {index} ({problem})")
+                _build_clone(root, index, libpython, set_id)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CacheLocationError(
+                f"{root}: no space left on the device while preparing clones "
+                f"(each needs about {os.path.getsize(libpython) // 2**20 + 1} MiB); free space or "
+                "choose another directory with --dest or GILCLONE_CACHE"
+            ) from None
+        raise CloneError(f"{root}: preparing clones failed: {exc}") from None
+    return store.load_set(root)
+
+
+def _source_libpython(install: PythonInstall) -> str:
+    if not install.libpython:
+        searched = ", ".join(install.libpython_searched) or "nowhere known"
+        raise LocateError(
+            f"{install.executable} links libpython statically and no shared libpython "
+            f"{install.short_version} was found (searched: {searched}); install the shared "
+            f"library (Debian: apt-get install libpython{install.short_version}) or use a "
+            "Python built with --enable-shared"
+        )
+    info = read_binary(install.libpython)
+    if info.kind != KIND_LIBPYTHON:
+        raise LocateError(f"{install.libpython}: is not a libpython (it is a {info.kind})")
+    if not info.name:
+        raise CloneError(f"{install.libpython}: has no soname to rewrite")
+    return install.libpython
+
+
+def _write_set_file(root: str, install: PythonInstall, libpython: str, sha: str, set_id: str) -> None:
+    path = os.path.join(root, store.SET_FILE)
+    if os.path.exists(path):
+        try:
+            existing = store.read_json(path)
+        except ValueError:
+            existing = {}
+        if existing.get("set_id") == set_id:
+            return
+        if existing:
+            raise CloneError(
+                f"{root}: holds clones of another Python ({existing.get('python', {}).get('executable')} "
+                f"{existing.get('python', {}).get('version')}); use an empty --dest"
+            )
+    store.write_json_atomic(
+        path,
+        {
+            "format": store.FORMAT_VERSION,
+            "set_id": set_id,
+            "python": install.to_json(),
+            "libpython": libpython,
+            "libpython_sha256": sha,
+        },
+    )
+
+
+def _existing(root: str, index: int) -> Optional[store.CloneRecord]:
+    directory = os.path.join(root, store.clone_dir_name(index))
+    try:
+        manifest = store.read_json(os.path.join(directory, store.MANIFEST))
+        return store.CloneRecord(index, directory, manifest["soname"])
+    except (OSError, ValueError, KeyError):
+        if os.path.exists(directory):
+            store.discard(directory)
+        return None
+
+
+def _build_clone(root: str, index: int, libpython: str, set_id: str) -> None:
+    original = read_binary(libpython).name
+    soname = naming.clone_soname(original, set_id, index)
+    tmp = os.path.join(root, f".tmp-{os.getpid()}-{index:02d}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    target = os.path.join(tmp, soname)
+    elf_writer.apply(libpython, target, elf_writer.ElfEdits(soname=soname))
+    _fsync(target)
+    store.write_json_atomic(
+        os.path.join(tmp, store.MANIFEST),
+        {
+            "format": store.FORMAT_VERSION,
+            "index": index,
+            "soname": soname,
+            "source": libpython,
+            "files": {soname: store.manifest_entry(target)},
+        },
+    )
+    final = os.path.join(root, store.clone_dir_name(index))
+    store.discard(final)
+    os.rename(tmp, final)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def terminal_progress(done: int, total: int, what: str) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r[{done}/{total}] {what}\x1b[K")
+        sys.stderr.flush()
+        if done == total:
+            sys.stderr.write("\n")

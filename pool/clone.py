@@ -1,0 +1,201 @@
+"""Open a prepared clone in this process: load it bound to itself, initialise, finalise.
+
+A clone's libpython is loaded once per process and initialised once; after
+that any host thread may enter it (``with clone.entered():`` or the worker's
+``attach``/``detach``). Clones live in a process-wide registry because a
+libpython copy cannot be unloaded once its extension copies depend on it.
+"""
+
+import contextlib
+import ctypes
+import os
+import sys
+import threading
+from typing import Callable, Dict, Optional
+
+from gilclone.cloner import store
+from gilclone.cloner.extensions import TwinFactory
+from gilclone.errors import CloneLoadError, CloneSetCorruptError
+from gilclone.pool.capi import METH_O, CApi, PyMethodDef
+
+_HOST_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+_BOOTSTRAP_SOURCE: Optional[str] = None
+
+
+def _bootstrap_source() -> str:
+    global _BOOTSTRAP_SOURCE
+    if _BOOTSTRAP_SOURCE is None:
+        path = os.path.join(os.path.dirname(__file__), "inclone_bootstrap.py")
+        with open(path) as f:
+            _BOOTSTRAP_SOURCE = f.read()
+    return _BOOTSTRAP_SOURCE
+
+
+def load_flags() -> int:
+    """dlopen flags that make a copy bind its own symbols to itself."""
+    if sys.platform.startswith("linux"):
+        return os.RTLD_NOW | os.RTLD_LOCAL | os.RTLD_DEEPBIND
+    if sys.platform == "darwin":
+        return os.RTLD_NOW | os.RTLD_LOCAL
+    return 0
+
+
+class Clone:
+    """One libpython copy loaded and initialised in this process."""
+
+    def __init__(self, record: store.CloneRecord, python: dict):
+        self.record = record
+        self.python = python
+        self.twins = TwinFactory(record)
+        self.api: Optional[CApi] = None
+        self.handlers: Dict[str, Callable[[str], str]] = {"twin": self.twins.twin_for}
+        self._lock = threading.Lock()
+        self._callback = _HOST_CALLBACK(self._host_call)  # kept alive with the clone
+        self._method = PyMethodDef(b"_gilclone_host", ctypes.cast(self._callback, ctypes.c_void_p), METH_O, None)
+        self._program_name = None
+        self.initialised = False
+
+    @property
+    def index(self) -> int:
+        return self.record.index
+
+    # -- life cycle -------------------------------------------------------------
+
+    def open(self, sys_path=None, argv=None, run_site: bool = True) -> None:
+        """Load and initialise the clone on the calling thread (once per process)."""
+        with self._lock:
+            if self.initialised:
+                return
+            problem = store.check_clone(self.record)
+            if problem:
+                raise CloneSetCorruptError(
+                    f"clone {self.record.directory} is not intact: {problem}; run `gilclone prepare` "
+                    "to rebuild it"
+                )
+            try:
+                lib = ctypes.CDLL(self.record.libpython, mode=load_flags())
+            except OSError as exc:
+                raise CloneLoadError(f"{self.record.libpython}: cannot be loaded: {exc}") from None
+            api = CApi(lib)
+            if api.Py_IsInitialized():
+                raise CloneLoadError(
+                    f"{self.record.libpython}: already initialised in this process by other code"
+                )
+            self.api = api
+            self._initialise(sys_path, argv, run_site)
+            self.initialised = True
+
+    def _initialise(self, sys_path, argv, run_site: bool) -> None:
+        api = self.api
+        api.no_site_flag.value = 1  # site imports extensions; run it after the remapping
+        executable = self.python.get("executable") or ""
+        self._program_name = ctypes.create_unicode_buffer(executable)
+        if executable and os.path.exists(executable):
+            api.Py_SetProgramName(self._program_name)
+        else:
+            self._program_name = ctypes.create_unicode_buffer(self.python["base_prefix"])
+            api.Py_SetPythonHome(self._program_name)
+        api.Py_InitializeEx(0)  # 0: leave signal handling to the host
+        fn = api.PyCFunction_NewEx(ctypes.byref(self._method), None, None)
+        api.PySys_SetObject(b"_gilclone_host", fn)
+        api.Py_DecRef(fn)
+        config = {
+            "index": self.record.index,
+            "dlopen_flags": load_flags() if sys.platform.startswith("linux") else None,
+            "sys_path": list(sys_path if sys_path is not None else self.python["sys_path"]),
+            "argv": list(argv if argv is not None else [""]),
+            "site": run_site,
+        }
+        source = _bootstrap_source() + f"\n_gilclone_bootstrap({config!r})\n"
+        api.PyRun_SimpleString(source.encode("utf-8"))
+        error = self._sys_attr_text("_gilclone_error")
+        self._main_tstate = api.PyEval_SaveThread()  # release the clone's GIL
+        if error:
+            raise CloneLoadError(f"clone {self.record.index} failed to start:\n{error}")
+
+    def _sys_attr_text(self, name: str) -> Optional[str]:
+        api = self.api
+        sys_mod = api.PyImport_AddModule(b"sys")
+        value = api.PyObject_GetAttrString(sys_mod, name.encode())
+        if not value:
+            api.PyErr_Clear()
+            return "bootstrap did not run"
+        try:
+            if value == _none_address(api):
+                return None
+            return api.str_of(value)
+        finally:
+            api.Py_DecRef(value)
+
+    def finalize(self) -> int:
+        """Finalise the clone's interpreter (once; the clone cannot be used afterwards)."""
+        with self._lock:
+            if not self.initialised:
+                return 0
+            self.api.PyGILState_Ensure()
+            self.initialised = False
+            return self.api.Py_FinalizeEx()
+
+    # -- entering from a host thread ------------------------------------------
+
+    @contextlib.contextmanager
+    def entered(self):
+        """Hold the clone's GIL on this thread (its own thread state) for the block."""
+        state = self.api.PyGILState_Ensure()
+        try:
+            yield self.api
+        finally:
+            self.api.PyGILState_Release(state)
+
+    def run_source(self, source: str, result: Optional[str] = None) -> Optional[str]:
+        """Run ``source`` in the clone's ``__main__``; return ``str(__main__.<result>)``.
+
+        For diagnostics and verification; the pool has a faster path.
+        """
+        with self.entered() as api:
+            if api.PyRun_SimpleString(source.encode("utf-8")) != 0:
+                raise CloneLoadError(f"clone {self.index}: code failed (traceback on stderr)")
+            if result is None:
+                return None
+            main = api.PyImport_AddModule(b"__main__")
+            value = api.PyObject_GetAttrString(main, result.encode())
+            if not value:
+                api.PyErr_Clear()
+                raise CloneLoadError(f"clone {self.index}: no result {result!r}")
+            try:
+                return api.str_of(value)
+            finally:
+                api.Py_DecRef(value)
+
+    # -- the clone calling the host --------------------------------------------
+
+    def _host_call(self, _self, arg):
+        """``sys._gilclone_host("op\\0payload")`` inside the clone lands here, in host Python."""
+        api = self.api
+        try:
+            op, _, payload = api.str_of(arg).partition("\0")
+            handler = self.handlers.get(op)
+            if handler is None:
+                raise KeyError(f"unknown host operation {op!r}")
+            return api.new_str(handler(payload))
+        except BaseException as exc:  # never let an exception unwind through C frames
+            api.PyErr_SetString(api.PyExc_RuntimeError, str(exc).encode("utf-8", "replace"))
+            return None
+
+
+def _none_address(api: CApi) -> int:
+    return ctypes.addressof(ctypes.c_byte.in_dll(api.lib, "_Py_NoneStruct"))
+
+
+_REGISTRY: Dict[str, Clone] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def clone_for(record: store.CloneRecord, python: dict) -> Clone:
+    """The process-wide Clone object for ``record`` (one per libpython copy)."""
+    key = os.path.realpath(record.libpython)
+    with _REGISTRY_LOCK:
+        clone = _REGISTRY.get(key)
+        if clone is None:
+            clone = _REGISTRY[key] = Clone(record, python)
+        return clone

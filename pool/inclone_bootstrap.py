@@ -1,0 +1,86 @@
+"""Runs inside a clone right after Py_InitializeEx (site import off). Not imported by the host.
+
+Until ``_install`` has replaced ExtensionFileLoader.create_module, importing any
+extension module here would bind it to the host's libpython, so this file
+imports only built-in and frozen modules (sys, posix through os, _imp and the
+frozen import machinery). The host appends a call ``_gilclone_bootstrap(CONFIG)``
+with CONFIG a literal dict.
+"""
+
+
+def _gilclone_bootstrap(config):
+    import sys
+
+    try:
+        _install(config)
+        sys._gilclone_error = None
+    except BaseException as exc:  # reported to the host, which raises CloneLoadError
+        sys._gilclone_error = _describe(exc)
+
+
+def _describe(exc):
+    import sys
+
+    try:
+        import traceback
+
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        sys.stderr.flush()
+
+
+def _install(config):
+    import _imp
+    import sys
+    from _frozen_importlib import ModuleSpec
+    from _frozen_importlib_external import ExtensionFileLoader
+
+    # Extension modules that the interpreter's own start-up loaded from their
+    # original files would be bound to the host: refuse to run with them.
+    early = sorted(
+        name
+        for name, mod in list(sys.modules.items())
+        if str(getattr(mod, "__file__", "") or "").endswith((".so", ".pyd", ".dylib"))
+    )
+    if early:
+        raise ImportError(f"extension modules loaded before gilclone's remapping: {early}")
+
+    host = sys._gilclone_host
+    dlopen_flags = config["dlopen_flags"]
+    twins = {}
+
+    def create_module(self, spec):
+        origin = spec.origin
+        twin = twins.get(origin)
+        if twin is None:
+            try:
+                twin = host("twin\0" + origin)
+            except RuntimeError as exc:
+                raise ImportError(
+                    f"gilclone could not prepare this clone's copy of {origin}: {exc}",
+                    name=spec.name,
+                    path=origin,
+                ) from None
+            twins[origin] = twin
+        twin_spec = ModuleSpec(spec.name, self, origin=twin)
+        if dlopen_flags is None:
+            return _imp.create_dynamic(twin_spec)
+        previous = sys.getdlopenflags()
+        sys.setdlopenflags(dlopen_flags)
+        try:
+            return _imp.create_dynamic(twin_spec)
+        finally:
+            sys.setdlopenflags(previous)
+
+    ExtensionFileLoader.create_module = create_module
+    sys._gilclone_twins = twins
+    sys._gilclone_index = config["index"]
+
+    sys.argv[:] = config["argv"]
+    if config["site"]:
+        import site
+
+        site.main()
+    sys.path[:] = config["sys_path"]
