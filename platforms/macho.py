@@ -442,7 +442,7 @@ def read_uleb(buf: bytes, pos: int, end: Optional[int] = None) -> Tuple[int, int
 
 
 def parse_export_trie(buf: bytes) -> List[str]:
-    """Every exported name in a dyld export trie, in depth-first order (as llvm-objdump lists)."""
+    """Every exported name in a dyld export trie (depth-first, a node before its children)."""
     names: List[str] = []
     if not buf:
         return names
