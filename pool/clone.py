@@ -61,27 +61,33 @@ class Clone:
 
     # -- life cycle -------------------------------------------------------------
 
+    def load(self) -> CApi:
+        """Check the clone's files against its manifest and map it (no initialisation)."""
+        if self.api is not None:
+            return self.api
+        problem = store.check_clone(self.record)
+        if problem:
+            raise CloneSetCorruptError(
+                f"clone {self.record.directory} is not intact: {problem}; run `gilclone prepare` "
+                "to rebuild it"
+            )
+        try:
+            lib = ctypes.CDLL(self.record.libpython, mode=load_flags())
+        except OSError as exc:
+            raise CloneLoadError(f"{self.record.libpython}: cannot be loaded: {exc}") from None
+        self.api = CApi(lib)
+        return self.api
+
     def open(self, sys_path=None, argv=None, run_site: bool = True) -> None:
         """Load and initialise the clone on the calling thread (once per process)."""
         with self._lock:
             if self.initialised:
                 return
-            problem = store.check_clone(self.record)
-            if problem:
-                raise CloneSetCorruptError(
-                    f"clone {self.record.directory} is not intact: {problem}; run `gilclone prepare` "
-                    "to rebuild it"
-                )
-            try:
-                lib = ctypes.CDLL(self.record.libpython, mode=load_flags())
-            except OSError as exc:
-                raise CloneLoadError(f"{self.record.libpython}: cannot be loaded: {exc}") from None
-            api = CApi(lib)
+            api = self.load()
             if api.Py_IsInitialized():
                 raise CloneLoadError(
                     f"{self.record.libpython}: already initialised in this process by other code"
                 )
-            self.api = api
             self._initialise(sys_path, argv, run_site)
             self.initialised = True
 

@@ -65,14 +65,22 @@ def _install(config):
                 ) from None
             twins[origin] = twin
         twin_spec = ModuleSpec(spec.name, self, origin=twin)
-        if dlopen_flags is None:
-            return _imp.create_dynamic(twin_spec)
-        previous = sys.getdlopenflags()
-        sys.setdlopenflags(dlopen_flags)
+        previous = sys.getdlopenflags() if dlopen_flags is not None else None
+        if dlopen_flags is not None:
+            sys.setdlopenflags(dlopen_flags)
         try:
-            return _imp.create_dynamic(twin_spec)
+            module = _imp.create_dynamic(twin_spec)
         finally:
-            sys.setdlopenflags(previous)
+            if previous is not None:
+                sys.setdlopenflags(previous)
+        # Single-phase modules set __file__ to the file actually loaded; code that
+        # finds data next to its module must see the original place.
+        try:
+            if getattr(module, "__file__", None) == twin:
+                module.__file__ = origin
+        except (AttributeError, TypeError):
+            pass
+        return module
 
     ExtensionFileLoader.create_module = create_module
     sys._gilclone_twins = twins

@@ -1,0 +1,48 @@
+"""``verify``: load a clone set in a child process and collect its report.
+
+The child is this interpreter; the clones it loads may be of another Python
+version, since each clone is a complete interpreter with its own standard library.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from gilclone.cloner import store
+
+VERIFY_TIMEOUT_S = 300
+
+def verify(root: str) -> dict:
+    """Return ``{"ok", "clones", "checks": [{"name", "ok", "detail"}]}`` for the set at ``root``."""
+    cset = store.load_set(os.path.abspath(root))
+    # This interpreter hosts the clones whatever their version: a clone is a whole
+    # interpreter of its own, started with the sys.path its Python reported.
+    cmd = [sys.executable, "-m", "gilclone.cloner.verify_child", cset.root]
+    try:
+        out = subprocess.run(cmd, capture_output=True, timeout=VERIFY_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        return _failed(cset, f"the verifying process did not finish within {VERIFY_TIMEOUT_S} s (a clone hung)")
+    lines = out.stdout.decode(errors="replace").strip().splitlines()
+    if out.returncode != 0 or not lines:
+        return _failed(cset, _describe_exit(out.returncode, out.stderr))
+    try:
+        return json.loads(lines[-1])
+    except ValueError:
+        return _failed(cset, f"the verifying process printed no report: {lines[-1][:200]}")
+
+
+def _failed(cset: store.CloneSet, detail: str) -> dict:
+    return {"ok": False, "clones": len(cset.clones), "checks": [{"name": "child_process", "ok": False, "detail": detail}]}
+
+
+def _describe_exit(code: int, stderr: bytes) -> str:
+    tail = " | ".join(stderr.decode(errors="replace").strip().splitlines()[-3:])
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the verifying process was killed by {name} (a clone crashed): {tail}"
+    return f"the verifying process exited with status {code}: {tail}"

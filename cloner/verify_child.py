@@ -1,0 +1,235 @@
+"""The process that ``gilclone verify`` starts: load every clone of a set and prove independence.
+
+Run as ``python -c ... DIR`` by cloner/verify.py; prints one JSON report on
+stdout. Kept apart so that a clone that crashes takes down only this process.
+Each check returns (ok, detail) with what was measured.
+"""
+
+import ctypes
+import json
+import os
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Tuple
+
+from gilclone.cloner import store
+from gilclone.errors import GilcloneError
+from gilclone.platforms import elf as elf_reader
+from gilclone.pool.clone import clone_for
+
+Check = Tuple[str, bool, str]
+PROBE_MODULE = "_decimal"  # has C-level static state (DefaultContext) worth comparing
+BUSY_SECONDS = 0.4
+
+
+def mapped_images() -> Dict[str, List[int]]:
+    """Path -> start addresses of its mappings, from this process's own map of loaded objects."""
+    images: Dict[str, List[int]] = {}
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].startswith("/"):
+                start = int(parts[0].split("-")[0], 16)
+                images.setdefault(parts[5].strip(), []).append(start)
+    return images
+
+
+class Verifier:
+    def __init__(self, cset: store.CloneSet):
+        self.cset = cset
+        self.clones = [clone_for(r, cset.python) for r in cset.clones]
+        self.checks: List[Check] = []
+
+    def add(self, name: str, fn: Callable[[], Tuple[bool, str]]) -> bool:
+        try:
+            ok, detail = fn()
+        except (GilcloneError, OSError, ValueError) as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        self.checks.append((name, bool(ok), detail))
+        return ok
+
+    def run(self) -> dict:
+        if len(self.clones) < 1:
+            self.checks.append(("clones_present", False, "the set has no complete clone; run gilclone prepare"))
+            return self.report()
+        if not self.add("files_intact", self.files_intact):
+            return self.report()
+        if not self.add("distinct_sonames", self.distinct_sonames):
+            return self.report()
+        self.add("independent_initialisation", self.independent_initialisation)
+        self.add("distinct_images", self.distinct_images)
+        self.add("distinct_runtime_state", self.distinct_runtime)
+        self.add("sentinel_isolation", self.sentinel_isolation)
+        if self.add("extension_copies_bound", self.extension_copies_bound):
+            self.add("extension_state_isolation", self.extension_state)
+        if len(self.clones) >= 2:
+            self.add("parallel_gils", self.parallel_gils)
+        return self.report()
+
+    def report(self) -> dict:
+        return {
+            "ok": all(ok for _, ok, _ in self.checks),
+            "clones": len(self.clones),
+            "checks": [{"name": n, "ok": ok, "detail": d} for n, ok, d in self.checks],
+        }
+
+    # -- checks -------------------------------------------------------------------
+
+    def files_intact(self):
+        problems = [p for p in (store.check_clone(c.record, full=True) for c in self.clones) if p]
+        return not problems, "; ".join(problems) or f"{len(self.clones)} clones match their manifests (SHA-256)"
+
+    def distinct_sonames(self):
+        names = [elf_reader.read(c.record.libpython).name for c in self.clones]
+        source = elf_reader.read(self.cset.python["libpython"]).name
+        if source in names:
+            bad = [c.index for c, n in zip(self.clones, names) if n == source]
+            return False, f"clone(s) {bad} keep the original soname {source}: they would be taken for the host's libpython"
+        if len(set(names)) != len(names):
+            return False, f"sonames repeat: {names}"
+        return True, f"{len(names)} distinct sonames, none equal to {source}: {', '.join(names)}"
+
+    def independent_initialisation(self):
+        apis = [c.load() for c in self.clones]
+        states = []
+        for i, clone in enumerate(self.clones):
+            before = [api.Py_IsInitialized() for api in apis]
+            if any(before[i:]):
+                return False, f"before initialising clone {i}, Py_IsInitialized() gave {before}"
+            opener = threading.Thread(target=clone.open, kwargs={"sys_path": self.cset.python["sys_path"]})
+            errors = []
+            opener.run = _capture(opener.run, errors)
+            opener.start()
+            opener.join()
+            if errors:
+                raise errors[0]
+            states.append([api.Py_IsInitialized() for api in apis])
+        expected = [[1 if j <= i else 0 for j in range(len(apis))] for i in range(len(apis))]
+        return states == expected, f"Py_IsInitialized() of every clone after each initialisation: {states}"
+
+    def distinct_images(self):
+        images = mapped_images()
+        starts = {}
+        for c in self.clones:
+            path = os.path.realpath(c.record.libpython)
+            if path not in images:
+                return False, f"{path} is not in /proc/self/maps"
+            starts[c.index] = min(images[path])
+        host = [p for p in images if os.path.basename(p).startswith("libpython")]
+        distinct = len(set(starts.values())) == len(starts)
+        detail = ", ".join(f"clone {i} at {hex(a)}" for i, a in sorted(starts.items()))
+        return distinct, f"{detail}; host libpython: {host or 'linked into the executable'}"
+
+    def distinct_runtime(self):
+        addresses = {c.index: ctypes.addressof(ctypes.c_char.in_dll(c.api.lib, "_PyRuntime")) for c in self.clones}
+        host = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
+        values = list(addresses.values()) + [host]
+        ok = len(set(values)) == len(values)
+        detail = ", ".join(f"clone {i} {hex(a)}" for i, a in sorted(addresses.items()))
+        return ok, f"_PyRuntime: {detail}, host {hex(host)}"
+
+    def sentinel_isolation(self):
+        token = f"gilclone-{os.getpid()}-{time.time_ns()}"
+        first = self.clones[0]
+        first.run_source(f"import sys\nsys.gilclone_sentinel = {token!r}\ngilclone_sentinel = {token!r}")
+        seen = {}
+        for c in self.clones:
+            seen[c.index] = c.run_source(
+                "import sys\n_r = repr((getattr(sys, 'gilclone_sentinel', None), "
+                "globals().get('gilclone_sentinel')))",
+                "_r",
+            )
+        own = repr((token, token))
+        others_clean = all(v == repr((None, None)) for i, v in seen.items() if i != first.index)
+        ok = seen[first.index] == own and others_clean and not hasattr(sys, "gilclone_sentinel")
+        return ok, f"sentinel set in clone {first.index}; seen by each clone: {seen}; host has it: {hasattr(sys, 'gilclone_sentinel')}"
+
+    def extension_copies_bound(self):
+        """Before importing, make each clone's copy of the probe module and check its binding."""
+        import importlib.util
+
+        spec = importlib.util.find_spec(PROBE_MODULE)
+        problems, twins = [], []
+        for c in self.clones:
+            twin = c.twins.twin_for(spec.origin)
+            twins.append(twin)
+            needed = elf_reader.read(twin).needed
+            if c.record.soname not in needed:
+                problems.append(f"clone {c.index}'s copy {twin} has no DT_NEEDED on {c.record.soname} (needed: {list(needed)}); it would bind to the host")
+        if len(set(twins)) != len(twins):
+            problems.append(f"copies are shared between clones: {twins}")
+        return not problems, "; ".join(problems) or f"{len(twins)} copies of {PROBE_MODULE}, each needing its clone's libpython"
+
+    def extension_state(self):
+        files, precs = {}, {}
+        for c in self.clones:
+            c.run_source(f"import {PROBE_MODULE}\n{PROBE_MODULE}.DefaultContext.prec = {11 + c.index}")
+        for c in self.clones:
+            precs[c.index] = int(c.run_source(f"import {PROBE_MODULE}\n_r = str({PROBE_MODULE}.DefaultContext.prec)", "_r"))
+            files[c.index] = c.run_source(f"import sys\n_r = sys._gilclone_twins[{PROBE_MODULE}.__spec__.origin]", "_r")
+        images = mapped_images()
+        mapped = {i: os.path.realpath(f) in images for i, f in files.items()}
+        ok = (
+            len(set(files.values())) == len(files)
+            and all(mapped.values())
+            and all(p == 11 + i for i, p in precs.items())
+        )
+        return ok, (
+            f"{PROBE_MODULE} loaded from {len(set(files.values()))} files (mapped: {mapped}); "
+            f"DefaultContext.prec per clone after each set its own: {precs}"
+        )
+
+    def parallel_gils(self):
+        pair = self.clones[:2]
+        loop = (
+            "import time\n_t0 = time.perf_counter(); _n = 0\n"
+            f"while time.perf_counter() - _t0 < {BUSY_SECONDS}:\n"
+            "    for _ in range(1000): _n += 1\n"
+            "_r = repr((_t0, time.perf_counter(), _n))"
+        )
+        solo = eval(pair[0].run_source(loop, "_r"))
+        solo_rate = solo[2] / (solo[1] - solo[0])
+        results = {}
+
+        def busy(clone):
+            results[clone.index] = eval(clone.run_source(loop, "_r"))
+
+        threads = [threading.Thread(target=busy, args=(c,)) for c in pair]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        (s0, e0, n0), (s1, e1, n1) = results[pair[0].index], results[pair[1].index]
+        overlap = max(0.0, min(e0, e1) - max(s0, s1)) / min(e0 - s0, e1 - s1)
+        rates = [n0 / (e0 - s0) / solo_rate, n1 / (e1 - s1) / solo_rate]
+        ok = overlap > 0.5 and min(rates) > 0.2
+        return ok, (
+            f"two busy loops overlapped {overlap:.0%} of their run; each ran at "
+            f"{rates[0]:.0%} and {rates[1]:.0%} of the solo rate "
+            f"(combined {sum(rates):.2f}x one clone, {os.cpu_count()} CPUs)"
+        )
+
+
+def _capture(run, errors):
+    def wrapped():
+        try:
+            run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    return wrapped
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cset = store.load_set(argv[0])
+    report = Verifier(cset).run()
+    sys.stdout.flush()
+    os.write(1, (json.dumps(report) + "\n").encode())
+    # Skip finalisation: clones still running threads must not hold up the report.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
