@@ -8,7 +8,7 @@ from gilclone import __version__
 from gilclone.errors import GilcloneError
 
 # Subcommand name -> module under gilclone.commands with configure_parser / execute.
-SUBCOMMANDS = ("locate", "inspect", "prepare", "verify")
+SUBCOMMANDS = ("locate", "inspect", "prepare", "verify", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

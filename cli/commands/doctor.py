@@ -1,0 +1,66 @@
+"""``gilclone doctor``: what on this machine will stop clones from working, and the fix.
+
+Exit status: 0 when nothing is an error, 1 when a finding is an error, 2 when
+the interpreter itself cannot be looked at (a GilcloneError, via main).
+"""
+
+from gilclone.cloner import store
+from gilclone.cloner.doctor import SEVERITIES, diagnose, has_errors
+from gilclone.commands.output import print_json
+from gilclone.platforms.locate import locate
+
+
+def configure_parser(subparsers) -> None:
+    p = subparsers.add_parser("doctor", help="check that clones can work here, and say how to fix what cannot")
+    p.add_argument("--python", metavar="EXE", help="interpreter to check (default: this one)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="clone directory to check (default: $GILCLONE_CACHE or the user cache directory)",
+    )
+    p.set_defaults(execute=execute)
+
+
+def execute(args) -> int:
+    install = locate(args.python)
+    findings = diagnose(install, args.cache or store.default_cache_root())
+    ok = not has_errors(findings)
+    if args.json:
+        print_json(
+            {
+                "python": install.executable,
+                "findings": [f.to_json() for f in findings],
+                "ok": ok,
+            }
+        )
+    else:
+        print(format_report(install, findings))
+    return 0 if ok else 1
+
+
+def format_report(install, findings) -> str:
+    """Findings grouped by severity, worst first, in aligned columns; why/fix indented below."""
+    lines = [
+        f"python     {install.executable} ({install.version}, libpython {install.linkage})",
+        f"libpython  {install.libpython or 'NOT FOUND'}",
+        "",
+    ]
+    sev_w = max(len(s) for s in SEVERITIES)
+    code_w = max((len(f.code) for f in findings), default=0)
+    indent = " " * (sev_w + 2 + code_w + 2)
+    for severity in SEVERITIES:
+        group = [f for f in findings if f.severity == severity]
+        for f in group:
+            lines.append(f"{f.severity:<{sev_w}}  {f.code:<{code_w}}  {f.seen}")
+            lines.append(f"{indent}why: {f.why}")
+            if f.fix:
+                lines.append(f"{indent}fix: {f.fix}")
+        if group:
+            lines.append("")
+    counts = [sum(1 for f in findings if f.severity == s) for s in SEVERITIES]
+    lines.append(
+        f"{counts[0]} error(s), {counts[1]} warning(s), {counts[2]} info: "
+        + ("clones should work here" if counts[0] == 0 else "fix the errors before cloning")
+    )
+    return "\n".join(lines)
