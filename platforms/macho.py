@@ -634,3 +634,14 @@ def _slice_info(data: bytes, sl: RawSlice, hdr) -> dict:
         two_level_namespace=bool(sl.flags & MH_TWOLEVEL),
     )
     return {"name": name, "needed": tuple(needed), "rpaths": tuple(rpaths), "slice": msl}
+
+
+def scan_path(path) -> Tuple[bytes, bool, List[RawSlice]]:
+    """(data, fat, slices) of the file at ``path``; BinaryFormatError when it is malformed."""
+    path = os.fspath(path)
+    data = _load(path)
+    try:
+        fat, slices = scan(data)
+    except _Malformed as exc:
+        raise BinaryFormatError(path, str(exc)) from None
+    return data, fat, slices

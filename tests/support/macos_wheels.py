@@ -276,3 +276,32 @@ def header_padding_from(header: Dict[str, object], commands: List[Dict[str, obje
                 low = off if low is None else min(low, off)
     assert low is not None, "no section data"
     return low - (size + header["sizeofcmds"])
+
+
+def parse_bind_tables(text: str) -> List[Dict[str, str]]:
+    """Rows of the Bind / Lazy bind / Weak bind tables of ``objdump --macho --bind ...``.
+
+    Each row is a dict keyed by the table's column names plus "table".
+    """
+    rows: List[Dict[str, str]] = []
+    table = None
+    columns: List[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.endswith("table:"):
+            table = stripped[:-1]
+            columns = []
+            continue
+        if table is None or not stripped:
+            continue
+        if stripped.startswith("segment "):
+            columns = stripped.split()
+            continue
+        if not columns:
+            continue
+        values = stripped.split(None, len(columns) - 1)
+        if len(values) == len(columns):
+            row = dict(zip(columns, values))
+            row["table"] = table
+            rows.append(row)
+    return rows
