@@ -30,8 +30,13 @@ DF_1_PIE = 0x08000000
 _JUMP_SLOT = {"EM_X86_64": 7, "EM_386": 7, "EM_AARCH64": 1026, "EM_ARM": 22}
 
 
+# e_ident[EI_CLASS] -> size of the ELF header.
+_HEADER_SIZE = {1: 52, 2: 64}
+
+
 def read(path: str) -> BinaryInfo:
     size = os.path.getsize(path)
+    _check_header_size(path, size)
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
@@ -48,6 +53,18 @@ def read(path: str) -> BinaryInfo:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_header_size(path: str, size: int) -> None:
+    """Name a cut inside the ELF header plainly instead of as a parser's short read."""
+    with open(path, "rb") as f:
+        ident = f.read(5)
+    header_size = _HEADER_SIZE.get(ident[4]) if len(ident) == 5 else None
+    if header_size is not None and size < header_size:
+        raise BinaryFormatError(
+            path,
+            f"truncated ELF file: {size} bytes, shorter than its {header_size}-byte ELF header",
+        )
 
 
 def _check_bounds(elf: ELFFile, size: int) -> None:
@@ -67,6 +84,15 @@ def _check_bounds(elf: ELFFile, size: int) -> None:
         end = sec["sh_offset"] + sec["sh_size"]
         if end > size:
             raise ValueError(f"section {sec.name or '?'} ends at {end}, past the end of the file ({size} bytes)")
+    # Without program headers the sections still parse, but the loader cannot map the
+    # file: a zeroed or emptied table must not pass for a loadable image.
+    if header["e_type"] in ("ET_DYN", "ET_EXEC"):
+        types = {seg["p_type"] for seg in elf.iter_segments()}
+        if "PT_LOAD" not in types:
+            raise ValueError("no loadable (PT_LOAD) segment; the program header table is missing or zeroed")
+        has_dynamic = any(sec["sh_type"] == "SHT_DYNAMIC" for sec in elf.iter_sections())
+        if has_dynamic and "PT_DYNAMIC" not in types:
+            raise ValueError("a .dynamic section but no PT_DYNAMIC segment; the program header table is damaged")
 
 
 def _read(path: str, elf: ELFFile) -> BinaryInfo:
