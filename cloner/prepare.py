@@ -71,6 +71,16 @@ def prepare(
 
 
 def _source_libpython(install: PythonInstall) -> str:
+    _require_libpython(install)
+    info = read_binary(install.libpython)
+    if info.kind != KIND_LIBPYTHON:
+        raise LocateError(f"{install.libpython}: is not a libpython (it is a {info.kind})")
+    if not info.name:
+        raise CloneError(f"{install.libpython}: has no soname to rewrite")
+    return install.libpython
+
+
+def _require_libpython(install: PythonInstall) -> str:
     if not install.libpython:
         searched = ", ".join(install.libpython_searched) or "nowhere known"
         raise LocateError(
@@ -79,11 +89,6 @@ def _source_libpython(install: PythonInstall) -> str:
             f"library (Debian: apt-get install libpython{install.short_version}) or use a "
             "Python built with --enable-shared"
         )
-    info = read_binary(install.libpython)
-    if info.kind != KIND_LIBPYTHON:
-        raise LocateError(f"{install.libpython}: is not a libpython (it is a {info.kind})")
-    if not info.name:
-        raise CloneError(f"{install.libpython}: has no soname to rewrite")
     return install.libpython
 
 
@@ -161,3 +166,48 @@ def terminal_progress(done: int, total: int, what: str) -> None:
         sys.stderr.flush()
         if done == total:
             sys.stderr.write("\n")
+
+
+_known_sets = {}  # (libpython, size, mtime_ns, inode, dest) -> set directory, for this process
+INDEX_FILE = "sources.json"
+
+
+def ensure_set(count: int, dest: Optional[str] = None, python: Optional[str] = None) -> store.CloneSet:
+    """Like ``prepare`` but quick when the set is already there and intact.
+
+    ``prepare`` hashes the source libpython to name the set and every clone to
+    check it; a pool starting up only needs to know that nothing changed since,
+    which file metadata tells (see store.check_clone).
+    """
+    install = locate(python)
+    libpython = _require_libpython(install)
+    st = os.stat(libpython)
+    key = f"{libpython}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{dest or ''}"
+    root = _known_sets.get(key) or (dest and os.path.abspath(dest)) or _index().get(key)
+    if root and os.path.isfile(os.path.join(root, store.SET_FILE)):
+        cset = store.load_set(root)
+        usable = [r for r in cset.clones if r.index < count]
+        if len(usable) >= count and all(store.check_clone(r) is None for r in usable):
+            _known_sets[key] = root
+            return cset
+    cset = prepare(count, dest=dest, install=install)
+    _known_sets[key] = cset.root
+    if dest is None:
+        _remember(key, cset.root)
+    return cset
+
+
+def _index() -> dict:
+    try:
+        return store.read_json(os.path.join(store.default_cache_root(), INDEX_FILE))
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(key: str, root: str) -> None:
+    index = _index()
+    index[key] = root
+    try:
+        store.write_json_atomic(os.path.join(store.default_cache_root(), INDEX_FILE), index)
+    except OSError:
+        pass  # only a shortcut; the set is found by hashing next time
