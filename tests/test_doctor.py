@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -443,3 +444,12 @@ def test_real_run_with_jemalloc_preload_in_environ(tmp_path):
     assert (f.code, f.severity) == ("ld-preload-allocator", WARNING)
     assert jemalloc in f.seen and "no such file" not in f.seen
     assert "malloc" in f.why
+
+
+def test_every_finding_code_is_documented():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = open(os.path.join(root, "cloner", "doctor.py")).read()
+    found = set(re.findall(r'Finding\(\s*"([a-z-]+)"', source))
+    assert len(found) > 20
+    docs = open(os.path.join(root, "docs", "doctor.md")).read()
+    assert [c for c in sorted(found) if f"| `{c}` |" not in docs] == []
