@@ -81,9 +81,9 @@ def _check(path: str, before, edits: ElfEdits) -> None:
     if edits.soname is not None and after.name != edits.soname:
         problems.append(f"soname is {after.name!r}, expected {edits.soname!r}")
     missing = [n for n in edits.add_needed if n not in after.needed]
+    missing += [n for n in edits.replace_needed.values() if n not in after.needed]
     if missing:
         problems.append(f"DT_NEEDED lacks {missing}")
-    missing += [n for n in edits.replace_needed.values() if n not in after.needed]
     lost = [n for n in before.needed if n not in after.needed and n not in edits.replace_needed]
     if lost:
         problems.append(f"lost DT_NEEDED {lost}")

@@ -124,7 +124,8 @@ def _static_candidates(config: dict, platform: str) -> List[str]:
     dirs = [config.get("LIBDIR") or ""]
     multiarch = config.get("MULTIARCH")
     if multiarch:
-        dirs += [os.path.join(d, multiarch) for d in (config.get("LIBDIR") or "", "/usr/lib")]
+        dirs += [os.path.join(d, multiarch) for d in (config.get("LIBDIR") or "", "/usr/lib")
+                 if d and not d.rstrip("/").endswith(multiarch)]
     dirs += ["/usr/lib", "/usr/lib64", "/usr/local/lib"]
     seen, out = set(), []
     for d in dirs:
