@@ -10,7 +10,7 @@ _EXPORTS = {
     "TaskPicklingError": "gilclone.pool.errors",
     "UnpicklableRemoteError": "gilclone.pool.errors",
     "ClonePool": "gilclone.pool.executor",
-    "shared": "gilclone.pool.shared",
+    "shared": "gilclone.pool.sharing",
 }
 __all__ = sorted(_EXPORTS)
 

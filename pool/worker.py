@@ -14,8 +14,7 @@ import warnings
 from typing import List, Optional
 
 from gilclone.errors import CloneLoadError
-from gilclone.pool import inclone
-from gilclone.pool import shared as shared_mod
+from gilclone.pool import inclone, sharing
 from gilclone.pool.capi import Py_buffer, PyBUF_WRITE
 from gilclone.pool.clone import Clone
 from gilclone.pool.errors import RemoteTraceback, TaskPicklingError
@@ -111,7 +110,7 @@ class WorkerContext:
 
     def call(self, fn, args, kwargs):
         """Run ``fn(*args, **kwargs)`` in the clone and return its result or raise its error."""
-        with shared_mod.collecting() as sink:
+        with sharing.collecting() as sink:
             try:
                 payload = pickle.dumps((fn, args, kwargs), inclone.PROTOCOL)
             except Exception as exc:

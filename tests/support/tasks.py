@@ -1,0 +1,117 @@
+"""Task functions for pool tests: module-level so clones can import them by reference."""
+
+import os
+import sys
+import threading
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("this object refuses to be pickled")
+
+
+class CustomError(Exception):
+    def __init__(self, code, text):
+        super().__init__(code, text)
+        self.code = code
+
+
+class UnpicklableError(Exception):
+    def __init__(self):
+        super().__init__("cannot travel")
+        self.lock = threading.Lock()
+
+
+def echo(x):
+    return x
+
+
+def add(a, b=0):
+    return a + b
+
+
+def busy(n):
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def clone_index():
+    return getattr(sys, "_gilclone_index", None)
+
+
+def where():
+    return (getattr(sys, "_gilclone_index", None), os.getpid(), threading.get_ident())
+
+
+def raise_custom(code):
+    raise CustomError(code, "custom failure")
+
+
+def raise_unpicklable():
+    raise UnpicklableError()
+
+
+def return_unpicklable():
+    return Unpicklable()
+
+
+def fail_initializer():
+    raise RuntimeError("initializer refuses")
+
+
+_state = {}
+
+
+def remember(value):
+    _state["value"] = value
+
+
+def recall():
+    return _state.get("value")
+
+
+def view_info(view):
+    return (type(view).__name__, view.format, view.shape, view.strides, view.readonly, view.nbytes)
+
+
+def write_view(view, index, value):
+    view[index] = value
+    return True
+
+
+def first_and_last(view):
+    flat = view.cast("B") if view.ndim == 1 and view.format == "B" else view
+    return flat[0], flat[-1]
+
+
+def numpy_fill(view, value):
+    import numpy
+
+    arr = numpy.asarray(view)
+    arr[...] = value
+    return float(arr.sum())
+
+
+def numpy_work(n):
+    import numpy
+
+    rng = numpy.random.default_rng(n)
+    m = rng.standard_normal((60, 60))
+    sym = m + m.T
+    return (float(numpy.linalg.eigvalsh(sym).sum()), numpy.__file__, getattr(sys, "_gilclone_index", None))
+
+
+def extension_file(name):
+    import importlib
+
+    mod = importlib.import_module(name)
+    return sys._gilclone_twins.get(mod.__spec__.origin)
+
+
+def slow_fail_initializer(delay):
+    import time
+
+    time.sleep(delay)
+    raise RuntimeError("initializer refuses")
