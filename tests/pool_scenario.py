@@ -1,0 +1,95 @@
+"""Pool behaviour checked inside one interpreter; run by test_pool_versions.py per Python.
+
+Prints one JSON object: {"version": ..., "results": {name: [ok, detail]}}.
+"""
+
+import json
+import os
+import sys
+import time
+
+# tasks.py alone (tests/support/__init__ needs pytest, which these venvs lack)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
+
+import tasks  # noqa: E402
+from gilclone.pool import BrokenClonePool, ClonePool, RemoteTraceback, TaskPicklingError, shared  # noqa: E402
+
+
+def check(results, name, fn):
+    try:
+        ok, detail = fn()
+    except BaseException as exc:  # a scenario must report, not die
+        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    results[name] = [bool(ok), str(detail)[:300]]
+
+
+def main():
+    results = {}
+    with ClonePool(2) as pool:
+        check(results, "map", lambda: (list(pool.map(tasks.add, range(500), chunksize=7)) == list(range(500)), "map ok"))
+        check(results, "in_clones", lambda: (
+            {pool.submit(tasks.clone_index).result() for _ in range(30)} - {None} != set(), "clone indexes seen"))
+
+        def exception():
+            try:
+                pool.submit(tasks.raise_custom, 3).result()
+            except tasks.CustomError as exc:
+                return isinstance(exc.__cause__, RemoteTraceback) and exc.code == 3, "CustomError with remote traceback"
+            return False, "no exception"
+
+        check(results, "exception", exception)
+
+        def unpicklable():
+            try:
+                pool.submit(tasks.echo, tasks.Unpicklable()).result()
+            except TaskPicklingError:
+                return pool.submit(tasks.echo, 1).result() == 1, "future failed, pool usable"
+            return False, "no error"
+
+        check(results, "unpicklable", unpicklable)
+
+        def sharing():
+            buf = bytearray(16)
+            pool.submit(tasks.write_view, shared(buf), 2, 5).result()
+            return buf[2] == 5, "write seen by host"
+
+        check(results, "shared", sharing)
+
+        def parallel():
+            n = 1_500_000
+            t0 = time.perf_counter()
+            tasks.busy(n)
+            tasks.busy(n)
+            serial = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            list(pool.map(tasks.busy, [n, n]))
+            par = time.perf_counter() - t0
+            return par < serial * 0.9, f"serial {serial:.3f}s, two clones {par:.3f}s, speed-up {serial / par:.2f}"
+
+        check(results, "parallel", parallel)
+
+        def decimal_work():
+            from decimal import Decimal
+
+            got = list(pool.map(Decimal.sqrt, [Decimal(2)] * 4))
+            return got == [Decimal(2).sqrt()] * 4, "decimal in clones"
+
+        check(results, "decimal", decimal_work)
+
+    def broken():
+        p = ClonePool(1, initializer=tasks.slow_fail_initializer, initargs=(0.3,))
+        f = p.submit(tasks.echo, 1)
+        try:
+            f.result(timeout=60)
+        except BrokenClonePool:
+            return True, "BrokenClonePool"
+        finally:
+            p.shutdown()
+        return False, "no error"
+
+    check(results, "broken_initializer", broken)
+    print(json.dumps({"version": "%d.%d" % sys.version_info[:2], "results": results}))
+
+
+if __name__ == "__main__":
+    main()
