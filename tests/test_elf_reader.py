@@ -433,8 +433,8 @@ def _zero_program_headers(data: bytes) -> bytes:
 
 def _garbage_after(keep: int, seed: int):
     def damage(data: bytes) -> bytes:
-        rng = random.Random(seed)
-        return data[:keep] + bytes(rng.getrandbits(8) for _ in range(len(data) - keep))
+        size = len(data) - keep
+        return data[:keep] + random.Random(seed).getrandbits(8 * size).to_bytes(size, "little")
 
     return damage
 
