@@ -10,6 +10,7 @@ PREFIX = "libgc"
 SUFFIX = ".so"
 _DIGITS = string.digits + string.ascii_lowercase
 MIN_SET_ID_CHARS = 4
+MAX_CLONES = 36 * 36
 
 
 def index_token(index: int) -> str:

@@ -23,6 +23,12 @@ def set_id_for(install: PythonInstall, libpython_sha256: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def naming_id(set_id: str, root: str) -> str:
+    """Sonames must differ between two sets of one Python (two directories) loaded in
+    one process, or extension copies of one set would bind to the other's libpython."""
+    return hashlib.sha256(f"{set_id}:{os.path.realpath(root)}".encode()).hexdigest()
+
+
 def default_set_dir(install: PythonInstall, set_id: str) -> str:
     return os.path.join(store.default_cache_root(), f"{install.version}-{set_id[:12]}")
 
@@ -39,8 +45,8 @@ def prepare(
     Safe to run from several processes at once (they serialise on the set's
     lock), and after a killed run (its temporary directories are removed).
     """
-    if count < 1:
-        raise CloneError(f"--count must be at least 1, not {count}")
+    if not 1 <= count <= naming.MAX_CLONES:
+        raise CloneError(f"--count must be between 1 and {naming.MAX_CLONES}, not {count}")
     install = install or locate(python)
     libpython = _source_libpython(install)
     sha = store.sha256_file(libpython)
@@ -58,7 +64,7 @@ def prepare(
                     continue
                 if progress:
                     progress(index + 1, count, f"building clone {index} ({problem})")
-                _build_clone(root, index, libpython, set_id)
+                _build_clone(root, index, libpython, naming_id(set_id, root))
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CacheLocationError(

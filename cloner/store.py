@@ -205,6 +205,14 @@ def discard(path: str) -> None:
 
 def remove_leftovers(root: str) -> None:
     """Remove temporary and trash directories of preparations that were killed."""
-    for name in os.listdir(root):
-        if name.startswith((".tmp-", ".trash-")):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    for directory in [root] + [
+        os.path.join(root, d, "ext") for d in os.listdir(root) if d.startswith("clone-")
+    ]:
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            if name.startswith((".tmp-", ".trash-")):
+                shutil.rmtree(path, ignore_errors=True)
+            elif ".json.tmp-" in name:
+                os.remove(path)

@@ -155,12 +155,12 @@ def _dynamic_section(elf: ELFFile) -> Optional[DynamicSection]:
 
 
 def _free_dynamic_slots(dynamic) -> int:
-    """DT_NULL entries after the terminator (pyelftools' iter_tags stops at the first one)."""
+    """DT_NULL entries after the terminator (pyelftools' iter_tags ends with the first one)."""
     if dynamic is None:
         return 0
     total = dynamic["sh_size"] // dynamic["sh_entsize"] if dynamic["sh_entsize"] else 0
-    used = sum(1 for _ in dynamic.iter_tags())  # up to and excluding the first DT_NULL
-    return max(0, total - used - 1)
+    used = sum(1 for _ in dynamic.iter_tags())  # up to and including the first DT_NULL
+    return max(0, total - used)
 
 
 def _tag_value(tags, name: str) -> int:

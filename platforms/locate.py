@@ -142,7 +142,9 @@ def _extension_dirs(facts: dict, exists: Callable[[str], bool]) -> List[str]:
     candidates = [config.get("DESTSHARED") or ""]
     candidates += [p for p in facts["sys_path"] if p.rstrip("/\\").endswith("lib-dynload")]
     if facts["sys_platform"] == "win32":
-        candidates += [os.path.join(facts["base_prefix"], "DLLs"), facts["base_prefix"]]
+        import ntpath  # Windows facts may be interpreted on another OS
+
+        candidates += [ntpath.join(facts["base_prefix"], "DLLs"), facts["base_prefix"]]
     candidates += facts.get("site_packages", [])
     out: List[str] = []
     for d in candidates:

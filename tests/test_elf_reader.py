@@ -367,16 +367,6 @@ def test_executable(readelf, version, exe):
         assert info.python_version == version
 
 
-# platforms/elf.py counts pyelftools' iter_tags() as the tags *before* the first DT_NULL,
-# but iter_tags() yields that DT_NULL too, so the terminator is subtracted twice and
-# every file reads one free slot short (pyenv's libpython3.11: 31 entries, 26 tags,
-# 5 DT_NULL -> 4 free; the reader says 3). Strict: the fix must remove this marker.
-FREE_SLOTS_BUG = pytest.mark.xfail(
-    strict=True, reason="elf._free_dynamic_slots subtracts the DT_NULL terminator twice"
-)
-
-
-@FREE_SLOTS_BUG
 @pytest.mark.parametrize("version,exe", PYTHONS, ids=[v for v, _ in PYTHONS])
 def test_free_dynamic_slots(readelf, version, exe):
     prefix = pythons.prefix_of(exe)

@@ -267,11 +267,6 @@ def test_windows_install():
     assert "C:\\Python311\\Lib\\site-packages" in install.extension_dirs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="locate._extension_dirs joins the Windows DLLs dir with the host's os.path "
-    "(gives 'C:\\Python311/DLLs' on Linux)",
-)
 def test_windows_dlls_dir_from_probe_on_another_os():
     install = install_from_probe(WINDOWS, exists=_exists_in(WINDOWS_FILES))
     assert "C:\\Python311\\DLLs" in install.extension_dirs
