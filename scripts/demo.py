@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from demo_tasks import count_primes  # noqa: E402
-
 from gilclone.cloner.prepare import prepare, terminal_progress  # noqa: E402
 from gilclone.cloner.verify import verify  # noqa: E402
 from gilclone.platforms.locate import locate  # noqa: E402
