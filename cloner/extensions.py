@@ -12,23 +12,15 @@ import hashlib
 import os
 import threading
 import uuid
-from typing import Dict, List
+from typing import Dict
 
-from gilclone.cloner import elf_writer, store
+from gilclone.cloner import store
+from gilclone.cloner.builders import builder_for
+from gilclone.cloner.elf_clone import resolve_origin  # noqa: F401 - kept importable here
 from gilclone.cloner.filelock import FileLock
 from gilclone.errors import BinaryFormatError, CloneError
-from gilclone.platforms import elf as elf_reader
-from gilclone.platforms.classify import python_version_from_libname
 
 TWIN_FILE = "twin.json"
-
-
-def resolve_origin(rpaths, origin_dir: str) -> List[str]:
-    """Run paths with $ORIGIN replaced by the directory of the original file."""
-    out = []
-    for p in rpaths:
-        out.append(p.replace("${ORIGIN}", origin_dir).replace("$ORIGIN", origin_dir))
-    return out
 
 
 class TwinFactory:
@@ -64,22 +56,15 @@ class TwinFactory:
         return twin
 
     def _build(self, source: str, twin_dir: str, base: str) -> None:
-        try:
-            info = elf_reader.read(source)
-        except BinaryFormatError as exc:
-            raise CloneError(f"cannot copy extension module: {exc}") from None
-        soname = self.record.soname
-        linked = [n for n in info.needed if (python_version_from_libname(n) or "").startswith("3")]
-        edits = elf_writer.ElfEdits(
-            replace_needed={old: soname for old in linked},
-            add_needed=[] if linked else [soname],
-            rpaths=tuple(resolve_origin(info.rpaths, os.path.dirname(source))),
-        )
+        builder = builder_for(self.record.binary_format)
         tmp = os.path.join(self.record.ext_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.makedirs(tmp)
         target = os.path.join(tmp, base)
         try:
-            elf_writer.apply(source, target, edits)
+            try:
+                builder.build_twin(source, target, self.record.rename_map, self.record.soname)
+            except BinaryFormatError as exc:
+                raise CloneError(f"cannot copy extension module: {exc}") from None
             src_stat = os.stat(source)
             tgt_stat = os.stat(target)
             store.write_json_atomic(

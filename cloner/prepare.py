@@ -7,7 +7,8 @@ import sys
 import uuid
 from typing import Callable, Optional
 
-from gilclone.cloner import elf_writer, naming, store
+from gilclone.cloner import naming, store
+from gilclone.cloner.builders import builder_for
 from gilclone.cloner.filelock import FileLock
 from gilclone.errors import CacheLocationError, CloneError, LocateError
 from gilclone.platforms.binary import read_binary
@@ -128,29 +129,30 @@ def _existing(root: str, index: int) -> Optional[store.CloneRecord]:
     directory = os.path.join(root, store.clone_dir_name(index))
     try:
         manifest = store.read_json(os.path.join(directory, store.MANIFEST))
-        return store.CloneRecord(index, directory, manifest["soname"])
+        return store.record_from_manifest(directory, manifest)
     except (OSError, ValueError, KeyError):
         if os.path.exists(directory):
             store.discard(directory)
         return None
 
 
-def _build_clone(root: str, index: int, libpython: str, set_id: str) -> None:
-    original = read_binary(libpython).name
-    soname = naming.clone_soname(original, set_id, index)
+def _build_clone(root: str, index: int, libpython: str, name_id: str) -> None:
+    binary_format = read_binary(libpython).format
     tmp = os.path.join(root, f".tmp-{os.getpid()}-{index:02d}-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
-    target = os.path.join(tmp, soname)
-    elf_writer.apply(libpython, target, elf_writer.ElfEdits(soname=soname))
-    _fsync(target)
+    built = builder_for(binary_format).build_libpython(libpython, tmp, name_id, index)
+    for name in built.files:
+        _fsync(os.path.join(tmp, name))
     store.write_json_atomic(
         os.path.join(tmp, store.MANIFEST),
         {
             "format": store.FORMAT_VERSION,
+            "binary_format": binary_format,
             "index": index,
-            "soname": soname,
+            "soname": built.libpython,
+            "renames": [list(pair) for pair in built.renames],
             "source": libpython,
-            "files": {soname: store.manifest_entry(target)},
+            "files": {name: store.manifest_entry(os.path.join(tmp, name)) for name in built.files},
         },
     )
     final = os.path.join(root, store.clone_dir_name(index))

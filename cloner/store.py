@@ -71,7 +71,13 @@ class CloneRecord:
 
     index: int
     directory: str
-    soname: str
+    soname: str  # file name of the libpython copy (also its soname on Linux)
+    binary_format: str = "ELF"
+    renames: Tuple[Tuple[str, str], ...] = ()  # original image name -> the clone's
+
+    @property
+    def rename_map(self) -> Dict[str, str]:
+        return dict(self.renames)
 
     @property
     def libpython(self) -> str:
@@ -118,10 +124,20 @@ def load_set(root: str) -> CloneSet:
             continue
         try:
             manifest = read_json(manifest_path)
-            clones.append(CloneRecord(manifest["index"], os.path.join(root, name), manifest["soname"]))
+            clones.append(record_from_manifest(os.path.join(root, name), manifest))
         except (ValueError, KeyError):
             continue  # a damaged manifest: the clone is rebuilt or reported by check_clone
     return CloneSet(root=root, set_id=meta["set_id"], python=meta["python"], clones=tuple(clones))
+
+
+def record_from_manifest(directory: str, manifest: dict) -> CloneRecord:
+    return CloneRecord(
+        index=manifest["index"],
+        directory=directory,
+        soname=manifest["soname"],
+        binary_format=manifest.get("binary_format", "ELF"),
+        renames=tuple(tuple(pair) for pair in manifest.get("renames", ())),
+    )
 
 
 def manifest_entry(path: str) -> dict:
