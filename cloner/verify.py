@@ -11,12 +11,15 @@ import subprocess
 import sys
 
 from gilclone.cloner import store
+from gilclone.cloner.builders import builder_for
 
 VERIFY_TIMEOUT_S = 300
 
 def verify(root: str) -> dict:
     """Return ``{"ok", "clones", "checks": [{"name", "ok", "detail"}]}`` for the set at ``root``."""
     cset = store.load_set(os.path.abspath(root))
+    if cset.python.get("platform", "linux") != _this_platform():
+        return _static_report(cset)
     # This interpreter hosts the clones whatever their version: a clone is a whole
     # interpreter of its own, started with the sys.path its Python reported.
     cmd = [sys.executable, "-m", "gilclone.cloner.verify_child", cset.root]
@@ -31,6 +34,29 @@ def verify(root: str) -> dict:
         return json.loads(lines[-1])
     except ValueError:
         return _failed(cset, f"the verifying process printed no report: {lines[-1][:200]}")
+
+
+def _this_platform() -> str:
+    return {"win32": "windows", "darwin": "macos"}.get(sys.platform, "linux")
+
+
+def _static_report(cset: store.CloneSet) -> dict:
+    """A set for another OS cannot be loaded here; check what its files show.
+
+    The format's builder provides ``static_checks(cset) -> [(name, ok, detail)]``.
+    """
+    formats = {c.binary_format for c in cset.clones} or {"?"}
+    checks = [{"name": "runtime_checks", "ok": True,
+               "detail": f"skipped: a {cset.python.get('platform')} set cannot be loaded on "
+                         f"{_this_platform()}; run `gilclone verify` there for the runtime proof"}]
+    for fmt in sorted(formats):
+        builder = builder_for(fmt)
+        static = getattr(builder, "static_checks", None)
+        if static is None:
+            checks.append({"name": "static_checks", "ok": False, "detail": f"no static checks for {fmt} sets"})
+            continue
+        checks += [{"name": n, "ok": bool(ok), "detail": d} for n, ok, d in static(cset)]
+    return {"ok": all(c["ok"] for c in checks), "clones": len(cset.clones), "checks": checks}
 
 
 def _failed(cset: store.CloneSet, detail: str) -> dict:

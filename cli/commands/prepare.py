@@ -1,7 +1,15 @@
 """``gilclone prepare``: build (or reuse) a cached set of self-bound clones of a Python."""
 
+import sys
+
 from gilclone.cloner.prepare import prepare, terminal_progress
 from gilclone.commands.output import print_fields, print_json
+from gilclone.errors import LocateError
+from gilclone.platforms.home import TARGETS, install_from_home
+
+
+def this_target() -> str:
+    return {"win32": "windows", "darwin": "macos"}.get(sys.platform, "linux")
 
 
 def configure_parser(subparsers) -> None:
@@ -9,6 +17,10 @@ def configure_parser(subparsers) -> None:
     p.add_argument("--count", type=int, default=2, metavar="N", help="number of clones (default 2)")
     p.add_argument("--dest", metavar="DIR", help="set directory (default: the per-user cache)")
     p.add_argument("--python", metavar="EXE", help="interpreter to clone (default: this one)")
+    p.add_argument("--target", choices=TARGETS, help="operating system of the Python to clone "
+                   "(default: this one); another one needs --python-home")
+    p.add_argument("--python-home", metavar="DIR",
+                   help="installation directory of a Python for --target windows|macos")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(execute=execute)
 
@@ -28,7 +40,13 @@ def set_json(cset) -> dict:
 
 
 def execute(args) -> int:
-    cset = prepare(args.count, dest=args.dest, python=args.python, progress=terminal_progress)
+    install = None
+    if args.python_home or (args.target and args.target != this_target()):
+        if not args.python_home:
+            raise LocateError(f"--target {args.target} needs --python-home DIR: that Python cannot run here")
+        install = install_from_home(args.target or this_target(), args.python_home)
+    cset = prepare(args.count, dest=args.dest, python=args.python, install=install,
+                   progress=terminal_progress)
     if args.json:
         print_json(set_json(cset))
         return 0
