@@ -114,12 +114,12 @@ class Clone:
         }
         source = _bootstrap_source() + f"\n_gilclone_bootstrap({config!r})\n"
         api.PyRun_SimpleString(source.encode("utf-8"))
-        error = self._sys_attr_text("_gilclone_error")
+        error = self.sys_attr_text("_gilclone_error")
         self._main_tstate = api.PyEval_SaveThread()  # release the clone's GIL
         if error:
             raise CloneLoadError(f"clone {self.record.index} failed to start:\n{error}")
 
-    def _sys_attr_text(self, name: str) -> Optional[str]:
+    def sys_attr_text(self, name: str) -> Optional[str]:
         api = self.api
         sys_mod = api.PyImport_AddModule(b"sys")
         value = api.PyObject_GetAttrString(sys_mod, name.encode())

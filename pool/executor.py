@@ -93,7 +93,7 @@ class ClonePool(Executor):
         try:
             ctx.initialize(initializer, initargs)
         except BaseException as exc:
-            what = "the initializer failed" if ctx._tstate is not None else f"clone {ctx.clone.index} could not start"
+            what = "the initializer failed" if ctx.started else f"clone {ctx.clone.index} could not start"
             self._break(f"{what}: {type(exc).__name__}: {exc}", exc)
             _release([ctx.clone.record])
             try:

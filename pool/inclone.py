@@ -12,12 +12,15 @@ shared view is still in use by the clone after the task; 16- payload.
 import os
 import pickle
 import runpy
+import struct
 import sys
 import traceback
 
 HEADER = 16
 OK, ERROR, BAD_TASK, BAD_RESULT, NEED_SPACE = range(5)
 PROTOCOL = 5
+_HEADER = struct.Struct("<QQ")
+_LENGTH = struct.Struct("<Q")
 
 _views = ()
 
@@ -60,7 +63,7 @@ class Runner:
         """Run the task in the buffer; write the response; return the views not released."""
         global _views
         buf = self.buffer
-        n = int.from_bytes(buf[0:8], "little")
+        n = _LENGTH.unpack_from(buf, 0)[0]
         _views = views
         try:
             try:
@@ -94,8 +97,7 @@ class Runner:
             status = NEED_SPACE
         else:
             buf[HEADER : HEADER + size] = data
-        buf[0:8] = size.to_bytes(8, "little")
-        buf[8:16] = bytes((status, 0, 0, 0, 0, 0, 0, 0))
+        _HEADER.pack_into(buf, 0, size, status)
         return None
 
     def fetch(self):

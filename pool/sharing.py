@@ -35,13 +35,11 @@ def shared(obj) -> Shared:
     return obj if isinstance(obj, Shared) else Shared(obj)
 
 
-class collecting:
-    """``with collecting() as sink:`` gathers the Shared objects pickled in the block."""
+def start_collecting() -> list:
+    """Gather the Shared objects pickled on this thread until ``stop_collecting``."""
+    sink = _collecting.sink = []
+    return sink
 
-    def __enter__(self):
-        self.sink = []
-        _collecting.sink = self.sink
-        return self.sink
 
-    def __exit__(self, *exc):
-        _collecting.sink = None
+def stop_collecting() -> None:
+    _collecting.sink = None

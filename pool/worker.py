@@ -9,6 +9,7 @@ sides address directly.
 import ctypes
 import os
 import pickle
+import struct
 import sys
 import warnings
 from typing import List, Optional
@@ -20,6 +21,7 @@ from gilclone.pool.clone import Clone
 from gilclone.pool.errors import RemoteTraceback, TaskPicklingError
 
 INITIAL_BUFFER = 64 * 1024
+_HEADER = struct.Struct("<QQ")  # payload length, status (see inclone.py)
 PyBUF_RECORDS = 0x1D  # writable, format, shape, strides
 PyBUF_RECORDS_RO = 0x1C
 
@@ -42,7 +44,8 @@ class WorkerContext:
         self.main = (main_path, main_name)
         self._tstate = None
         self._gil = None
-        self._buffer = None
+        self.started = False  # the clone is set up; what fails after this is the initializer
+        self._buffer = self._view = None
         self._runner = self._run = self._fetch = None
 
     # -- initialize / finalize --------------------------------------------------
@@ -57,6 +60,7 @@ class WorkerContext:
             self.clone_exec(f"from gilclone.pool import inclone\ninclone.fixup_main(*{self.main!r})")
         finally:
             self._tstate = api.PyEval_SaveThread()
+        self.started = True
         if initializer is not None:
             self.call(initializer, tuple(initargs), {})
 
@@ -66,7 +70,7 @@ class WorkerContext:
         if not module:
             api.PyErr_Print()
             raise CloneLoadError(f"clone {self.clone.index}: cannot import gilclone.pool.inclone")
-        self._buffer = ctypes.create_string_buffer(INITIAL_BUFFER)
+        self._set_host_buffer(ctypes.create_string_buffer(INITIAL_BUFFER))
         view = self._clone_view_of_buffer()
         runner_type = api.PyObject_GetAttrString(module, b"Runner")
         args = api.PyTuple_New(1)
@@ -88,10 +92,21 @@ class WorkerContext:
         )
 
     def clone_exec(self, source: str) -> None:
-        """Run setup code in the clone (the caller holds the clone's GIL)."""
-        api = self.clone.api
-        if api.PyRun_SimpleString(source.encode("utf-8")) != 0:
-            raise CloneLoadError(f"clone {self.clone.index}: set-up code failed (see stderr)")
+        """Run setup code in the clone (the caller holds the clone's GIL); its error, with
+        the clone's traceback, becomes a CloneLoadError."""
+        wrapped = (
+            "import sys\ntry:\n"
+            f"    exec({source!r}, __import__('__main__').__dict__)\n"
+            "    sys._gilclone_error = None\n"
+            "except BaseException:\n"
+            "    import traceback\n"
+            "    sys._gilclone_error = traceback.format_exc()\n"
+        )
+        self.clone.api.PyRun_SimpleString(wrapped.encode("utf-8"))
+        error = self.clone.sys_attr_text("_gilclone_error")
+        if error:
+            last = error.rstrip().splitlines()[-1]
+            raise CloneLoadError(f"clone {self.clone.index}: set-up failed: {last}") from RemoteTraceback(error)
 
     def finalize(self) -> None:
         """Give the clone back: drop this thread's state in it (the clone stays initialised)."""
@@ -110,30 +125,40 @@ class WorkerContext:
 
     def call(self, fn, args, kwargs):
         """Run ``fn(*args, **kwargs)`` in the clone and return its result or raise its error."""
-        with sharing.collecting() as sink:
-            try:
-                payload = pickle.dumps((fn, args, kwargs), inclone.PROTOCOL)
-            except Exception as exc:
-                raise TaskPicklingError(f"cannot send the task to a clone: {_one_line(exc)}") from exc
-        self._ensure_capacity(inclone.HEADER + len(payload))
-        address = ctypes.addressof(self._buffer)
-        ctypes.memmove(address + inclone.HEADER, payload, len(payload))
-        ctypes.memmove(address, len(payload).to_bytes(8, "little"), 8)
-        exports = _export_all(sink)
+        sink = sharing.start_collecting()
+        try:
+            payload = pickle.dumps((fn, args, kwargs), inclone.PROTOCOL)
+        except Exception as exc:
+            raise TaskPicklingError(f"cannot send the task to a clone: {_one_line(exc)}") from exc
+        finally:
+            sharing.stop_collecting()
+        size = len(payload)
+        if inclone.HEADER + size > len(self._view):
+            self._replace_buffer(max(inclone.HEADER + size, 2 * len(self._view)))
+        view = self._view
+        view[inclone.HEADER : inclone.HEADER + size] = payload
+        _HEADER.pack_into(view, 0, size, 0)
+        if not sink:
+            self._call_runner(None)
+            if view[8] == inclone.NEED_SPACE:
+                self._grow_for_pending()
+                view = self._view
+        else:
+            self._call_with_shared(sink)
+            view = self._view
+        size, status = _HEADER.unpack_from(view, 0)
+        return _decode(status & 0xFF, view[inclone.HEADER : inclone.HEADER + size])
+
+    def _call_with_shared(self, objects) -> None:
+        exports = _export_all(objects)
         views_kept = False
         try:
             self._call_runner(exports)
-            if self._header_byte(8) == inclone.NEED_SPACE:
+            if self._view[8] == inclone.NEED_SPACE:
                 self._grow_for_pending()
-            views_kept = bool(self._header_byte(9))
+            views_kept = bool(self._view[9])
         finally:
             _release_exports(exports, views_kept)
-        size = int.from_bytes(ctypes.string_at(self._buffer, 8), "little")
-        data = memoryview(self._buffer).cast("B")[inclone.HEADER : inclone.HEADER + size]
-        return _decode(self._header_byte(8), data)
-
-    def _header_byte(self, offset: int) -> int:
-        return self._buffer[offset][0]  # a char array's item is a 1-byte bytes
 
     def _call_runner(self, exports) -> None:
         api = self.clone.api
@@ -156,13 +181,12 @@ class WorkerContext:
         finally:
             self._tstate = api.PyEval_SaveThread()
 
-    def _ensure_capacity(self, needed: int) -> None:
-        if needed <= len(self._buffer):
-            return
-        self._replace_buffer(max(needed, 2 * len(self._buffer)))
+    def _set_host_buffer(self, buffer) -> None:
+        self._buffer = buffer
+        self._view = memoryview(buffer).cast("B")
 
     def _grow_for_pending(self) -> None:
-        needed = inclone.HEADER + int.from_bytes(ctypes.string_at(self._buffer, 8), "little")
+        needed = inclone.HEADER + _HEADER.unpack_from(self._view, 0)[0]
         self._replace_buffer(needed)
         api = self.clone.api
         api.PyEval_RestoreThread(self._tstate)
@@ -174,9 +198,10 @@ class WorkerContext:
 
     def _replace_buffer(self, size: int) -> None:
         api = self.clone.api
-        old = self._buffer
-        self._buffer = ctypes.create_string_buffer(size)
-        ctypes.memmove(self._buffer, old, 16)
+        old = self._view
+        self._set_host_buffer(ctypes.create_string_buffer(size))
+        self._view[:16] = old[:16]
+        old.release()
         api.PyEval_RestoreThread(self._tstate)
         try:
             args = api.PyTuple_New(1)
