@@ -1,9 +1,9 @@
 """One pool worker: a host thread driving one clone (initialize / run / finalize).
 
 Per task the host makes four foreign calls into the clone (take its GIL, call
-the runner, drop the result, release its GIL), plus two per ``shared()``
-argument; arguments and results cross through a transport buffer that both
-sides address directly.
+the runner, drop the result, release its GIL); a task with ``shared()``
+arguments adds two (the argument tuple) and two per argument. Arguments and
+results cross through a transport buffer that both sides address directly.
 """
 
 import ctypes

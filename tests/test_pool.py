@@ -238,3 +238,39 @@ def test_pool_inside_a_clone_is_refused(pool):
 
     with pytest.raises(GilcloneError, match="inside a clone"):
         pool.submit(ClonePool, 1).result()
+
+
+def test_foreign_calls_per_task_are_few():
+    from gilclone.pool.capi import _PROTOTYPES
+    from gilclone.pool.clone import clone_for
+
+    with ClonePool(1) as p:
+        p.submit(tasks.echo, 0).result()
+        api = clone_for(p._records[0], None).api
+        counts = {}
+
+        def counting(name, fn):
+            def call(*args):
+                counts[name] = counts.get(name, 0) + 1
+                return fn(*args)
+
+            return call
+
+        originals = {name: getattr(api, name) for name in _PROTOTYPES}
+        try:
+            for name, fn in originals.items():
+                setattr(api, name, counting(name, fn))
+            for i in range(50):
+                assert p.submit(tasks.echo, i).result() == i
+            plain = dict(counts)
+            counts.clear()
+            buf = bytearray(8)
+            for _ in range(10):
+                p.submit(tasks.write_view, shared(buf), 0, 1).result()
+            with_shared = dict(counts)
+        finally:
+            for name, fn in originals.items():
+                setattr(api, name, fn)
+    assert sum(plain.values()) == 4 * 50, plain
+    assert sorted(plain) == ["PyEval_RestoreThread", "PyEval_SaveThread", "PyObject_CallObject", "Py_DecRef"]
+    assert sum(with_shared.values()) == (4 + 2 + 2) * 10, with_shared
