@@ -45,7 +45,7 @@ class Clone:
 
     def __init__(self, record: store.CloneRecord, python: dict):
         self.record = record
-        self.python = python
+        self.python = python_for_host(python)
         self.twins = TwinFactory(record)
         self.api: Optional[CApi] = None
         self.handlers: Dict[str, Callable[[str], str]] = {"twin": self.twins.twin_for}
@@ -71,6 +71,8 @@ class Clone:
                 f"clone {self.record.directory} is not intact: {problem}; run `gilclone prepare` "
                 "to rebuild it"
             )
+        if os.name == "nt":
+            _add_dll_directories(self.python.get("extension_dirs", ()))
         try:
             lib = ctypes.CDLL(self.record.libpython, mode=load_flags())
         except OSError as exc:
@@ -96,7 +98,11 @@ class Clone:
         api.no_site_flag.value = 1  # site imports extensions; run it after the remapping
         executable = self.python.get("executable") or ""
         self._program_name = ctypes.create_unicode_buffer(executable)
-        if executable and os.path.exists(executable):
+        if os.name == "nt" and os.path.isfile(self._pth_path()):
+            # CPython finds <clone DLL name>._pth next to the DLL; Py_SetPythonHome
+            # (or a path) would make it ignore that file.
+            pass
+        elif executable and os.path.exists(executable):
             api.Py_SetProgramName(self._program_name)
         else:
             self._program_name = ctypes.create_unicode_buffer(self.python["base_prefix"])
@@ -187,6 +193,47 @@ class Clone:
         except BaseException as exc:  # never let an exception unwind through C frames
             api.PyErr_SetString(api.PyExc_RuntimeError, str(exc).encode("utf-8", "replace"))
             return None
+
+
+_dll_directories: Dict[str, object] = {}
+
+
+def _add_dll_directories(dirs) -> None:
+    """Windows: extension twins live in the clone directory, so the DLLs their originals
+    load from beside them (sqlite3.dll, libffi-8.dll, ...) must be found another way."""
+    for d in dirs:
+        if d not in _dll_directories and os.path.isdir(d):
+            try:
+                _dll_directories[d] = os.add_dll_directory(d)
+            except OSError:
+                pass
+
+
+def host_path(path):
+    """A set prepared on Linux for Windows names POSIX paths; under Wine, whose Z: drive is
+    the Unix root, they are found there (elsewhere on Windows: on the current drive)."""
+    if os.name != "nt" or not isinstance(path, str) or not path.startswith("/"):
+        return path
+    return (_wine_drive() + path).replace("/", "\\")
+
+
+def _wine_drive() -> str:
+    try:
+        return "Z:" if hasattr(ctypes.WinDLL("ntdll"), "wine_get_version") else ""
+    except (OSError, AttributeError):
+        return ""
+
+
+def python_for_host(python: dict) -> dict:
+    """The set's facts about its Python with paths this process can open."""
+    if os.name != "nt":
+        return python
+    out = dict(python)
+    for key in ("executable", "libpython", "prefix", "base_prefix"):
+        out[key] = host_path(out.get(key))
+    for key in ("sys_path", "extension_dirs"):
+        out[key] = [host_path(p) for p in out.get(key, ())]
+    return out
 
 
 def _none_address(api: CApi) -> int:

@@ -173,13 +173,13 @@ class WorkerContext:
                     api.PyTuple_SetItem(args, i, api.PyMemoryView_FromBuffer(ctypes.byref(clone_view)))
             result = api.PyObject_CallObject(self._run, args)
             if args:
-                api.Py_DecRef(args)
+                api.held.Py_DecRef(args)
             if not result:
                 api.PyErr_Print()
                 raise CloneLoadError(f"clone {self.clone.index}: the task runner itself failed")
-            api.Py_DecRef(result)
+            api.held.Py_DecRef(result)  # None: no finaliser can run
         finally:
-            self._tstate = api.PyEval_SaveThread()
+            self._tstate = api.held.PyEval_SaveThread()
 
     def _set_host_buffer(self, buffer) -> None:
         self._buffer = buffer

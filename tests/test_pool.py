@@ -256,10 +256,11 @@ def test_foreign_calls_per_task_are_few():
 
             return call
 
-        originals = {name: getattr(api, name) for name in _PROTOTYPES}
+        targets = [(api, name) for name in _PROTOTYPES] + [(api.held, name) for name in vars(api.held)]
+        originals = {(t, name): getattr(t, name) for t, name in targets}
         try:
-            for name, fn in originals.items():
-                setattr(api, name, counting(name, fn))
+            for (t, name), fn in originals.items():
+                setattr(t, name, counting(name, fn))
             for i in range(50):
                 assert p.submit(tasks.echo, i).result() == i
             plain = dict(counts)
@@ -269,8 +270,8 @@ def test_foreign_calls_per_task_are_few():
                 p.submit(tasks.write_view, shared(buf), 0, 1).result()
             with_shared = dict(counts)
         finally:
-            for name, fn in originals.items():
-                setattr(api, name, fn)
+            for (t, name), fn in originals.items():
+                setattr(t, name, fn)
     assert sum(plain.values()) == 4 * 50, plain
     assert sorted(plain) == ["PyEval_RestoreThread", "PyEval_SaveThread", "PyObject_CallObject", "Py_DecRef"]
     assert sum(with_shared.values()) == (4 + 2 + 2) * 10, with_shared
