@@ -161,7 +161,8 @@ def _build_clone(root: str, index: int, libpython: str, name_id: str) -> None:
 
 
 def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    # Windows flushes only a handle opened for writing (EACCES otherwise).
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -178,7 +178,9 @@ def check_clone(record: CloneRecord, full: bool = False) -> Optional[str]:
             return f"{path} is missing"
         if stamp[0] != entry["size"]:
             return f"{path} has {stamp[0]} bytes, the manifest says {entry['size']}"
-        if stamps.get(name) != stamp:
+        # Without an inode number (st_ino 0: some Windows file systems) a replaced file
+        # of the same size and times would pass; hash it every time instead.
+        if stamps.get(name) != stamp or not stamp[3]:
             if sha256_file(path) != entry["sha256"]:
                 return f"{path} does not match its SHA-256 in the manifest (altered or corrupt)"
         fresh[name] = stamp

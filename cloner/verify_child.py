@@ -8,6 +8,7 @@ Each check returns (ok, detail) with what was measured.
 import ctypes
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -15,8 +16,8 @@ from typing import Callable, Dict, List, Tuple
 
 from gilclone.cloner import store
 from gilclone.errors import GilcloneError
-from gilclone.platforms import elf as elf_reader
-from gilclone.pool.clone import clone_for
+from gilclone.platforms.binary import read_binary
+from gilclone.pool.clone import clone_for, python_for_host
 
 Check = Tuple[str, bool, str]
 PROBE_MODULE = "_decimal"  # has C-level static state (DefaultContext) worth comparing
@@ -26,6 +27,8 @@ PARALLEL_MIN_COMBINED = 1.0  # one shared GIL measured 0.75-0.9x here, two GILs 
 
 def mapped_images() -> Dict[str, List[int]]:
     """Path -> start addresses of its mappings, from this process's own map of loaded objects."""
+    if os.name == "nt":
+        return _windows_modules()
     images: Dict[str, List[int]] = {}
     with open("/proc/self/maps") as f:
         for line in f:
@@ -36,9 +39,38 @@ def mapped_images() -> Dict[str, List[int]]:
     return images
 
 
+def _windows_modules() -> Dict[str, List[int]]:
+    """Windows: path -> [base address] of every module loaded (psapi EnumProcessModules)."""
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    psapi = ctypes.WinDLL("psapi", use_last_error=True)
+    kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+    psapi.EnumProcessModules.argtypes = [wintypes.HANDLE, ctypes.POINTER(ctypes.c_void_p),
+                                         wintypes.DWORD, ctypes.POINTER(wintypes.DWORD)]
+    kernel32.GetModuleFileNameW.argtypes = [ctypes.c_void_p, wintypes.LPWSTR, wintypes.DWORD]
+    process = kernel32.GetCurrentProcess()
+    count = 512
+    while True:
+        handles = (ctypes.c_void_p * count)()
+        needed = wintypes.DWORD()
+        if not psapi.EnumProcessModules(process, handles, ctypes.sizeof(handles), ctypes.byref(needed)):
+            raise ctypes.WinError(ctypes.get_last_error())
+        if needed.value <= ctypes.sizeof(handles):
+            break
+        count = needed.value // ctypes.sizeof(ctypes.c_void_p) + 16
+    images: Dict[str, List[int]] = {}
+    buf = ctypes.create_unicode_buffer(32768)
+    for handle in handles[: needed.value // ctypes.sizeof(ctypes.c_void_p)]:
+        if handle and kernel32.GetModuleFileNameW(handle, buf, len(buf)):
+            images.setdefault(os.path.realpath(buf.value), []).append(handle)
+    return images
+
+
 class Verifier:
     def __init__(self, cset: store.CloneSet):
         self.cset = cset
+        self.python = python_for_host(cset.python)
         self.clones = [clone_for(r, cset.python) for r in cset.clones]
         self.checks: List[Check] = []
 
@@ -82,8 +114,10 @@ class Verifier:
         return not problems, "; ".join(problems) or f"{len(self.clones)} clones match their manifests (SHA-256)"
 
     def distinct_sonames(self):
-        names = [elf_reader.read(c.record.libpython).name for c in self.clones]
-        source = elf_reader.read(self.cset.python["libpython"]).name
+        names = [read_binary(c.record.libpython).name for c in self.clones]
+        source = read_binary(self.python["libpython"]).name
+        if os.name == "nt":  # Windows matches DLL names whatever their case
+            names, source = [n.lower() for n in names], source.lower()
         if source in names:
             bad = [c.index for c, n in zip(self.clones, names) if n == source]
             return False, f"clone(s) {bad} keep the original soname {source}: they would be taken for the host's libpython"
@@ -98,7 +132,7 @@ class Verifier:
             before = [api.Py_IsInitialized() for api in apis]
             if any(before[i:]):
                 return False, f"before initialising clone {i}, Py_IsInitialized() gave {before}"
-            opener = threading.Thread(target=clone.open, kwargs={"sys_path": self.cset.python["sys_path"]})
+            opener = threading.Thread(target=clone.open, kwargs={"sys_path": self.python["sys_path"]})
             errors = []
             opener.run = _capture(opener.run, errors)
             opener.start()
@@ -115,9 +149,10 @@ class Verifier:
         for c in self.clones:
             path = os.path.realpath(c.record.libpython)
             if path not in images:
-                return False, f"{path} is not in /proc/self/maps"
+                return False, f"{path} is not among this process's loaded images"
             starts[c.index] = min(images[path])
-        host = [p for p in images if os.path.basename(p).startswith("libpython")]
+        host_name = re.compile(r"^(libpython3|python3\d+\.dll$)", re.IGNORECASE)
+        host = [p for p in images if host_name.match(os.path.basename(p))]
         distinct = len(set(starts.values())) == len(starts)
         detail = ", ".join(f"clone {i} at {hex(a)}" for i, a in sorted(starts.items()))
         return distinct, f"{detail}; host libpython: {host or 'linked into the executable'}"
@@ -153,8 +188,14 @@ class Verifier:
         for c in self.clones:
             twin = c.twins.twin_for(origin)
             twins.append(twin)
-            needed = elf_reader.read(twin).needed
-            if c.record.soname not in needed:
+            needed = read_binary(twin).needed
+            if os.name == "nt":
+                needed = [n.lower() for n in needed]
+                stray = [n for n in needed if re.match(r"python3\d*\.dll$", n)]
+                if stray:
+                    problems.append(f"clone {c.index}'s copy {twin} still imports {stray}")
+            soname = c.record.soname.lower() if os.name == "nt" else c.record.soname
+            if soname not in needed:
                 problems.append(f"clone {c.index}'s copy {twin} has no DT_NEEDED on {c.record.soname} (needed: {list(needed)}); it would bind to the host")
         if len(set(twins)) != len(twins):
             problems.append(f"copies are shared between clones: {twins}")
@@ -162,11 +203,14 @@ class Verifier:
 
     def probe_origin(self) -> str:
         """The probe module's file of the set's own Python (not of this interpreter)."""
-        name = PROBE_MODULE + self.cset.python["extension_suffix"]
-        for d in self.cset.python["extension_dirs"]:
-            if os.path.isfile(os.path.join(d, name)):
-                return os.path.join(d, name)
-        raise ValueError(f"{name} not found in {self.cset.python['extension_dirs']}")
+        names = [PROBE_MODULE + self.python["extension_suffix"]]
+        if os.name == "nt":
+            names.append(PROBE_MODULE + ".pyd")  # CPython's own .pyd files carry no tag
+        for d in self.python["extension_dirs"]:
+            for name in names:
+                if os.path.isfile(os.path.join(d, name)):
+                    return os.path.join(d, name)
+        raise ValueError(f"{' or '.join(names)} not found in {self.python['extension_dirs']}")
 
     def extension_state(self):
         files, precs = {}, {}

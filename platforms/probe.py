@@ -49,6 +49,11 @@ def _release_suffix() -> str:
 
 
 def _machine() -> str:
+    if sys.platform == "win32":
+        # platform.machine() goes through WMI on 3.12+, which aborts the process under Wine 8.
+        arch = os.environ.get("PROCESSOR_ARCHITEW6432") or os.environ.get("PROCESSOR_ARCHITECTURE")
+        if arch:
+            return arch
     import platform
 
     try:
@@ -76,9 +81,40 @@ def _loaded_libpython():
     if sys.platform == "win32":
         return _windows_dll_path()
     try:
-        return _dladdr_path()
+        found = _dladdr_path()
     except Exception:
-        return None
+        found = None
+    if sys.platform == "darwin" and not found:
+        try:
+            found = _dyld_images_path()
+        except Exception:
+            found = None
+    return found
+
+
+def _dyld_images_path(lib=None):
+    """macOS fallback: the libpython among the images dyld has loaded (None for a static host)."""
+    import ctypes
+
+    lib = lib if lib is not None else ctypes.CDLL(None)
+    count = lib._dyld_image_count
+    count.restype = ctypes.c_uint32
+    name = lib._dyld_get_image_name
+    name.argtypes = [ctypes.c_uint32]
+    name.restype = ctypes.c_char_p
+    return pick_libpython_image([os.fsdecode(name(i) or b"") for i in range(count())])
+
+
+def pick_libpython_image(names):
+    """The first image path that is a libpython dylib or a Python framework binary."""
+    import re
+
+    for path in names:
+        if re.match(r"libpython3\.\d+[a-z]*\.dylib$", os.path.basename(path)) or re.search(
+            r"Python\.framework/Versions/[^/]+/Python$", path
+        ):
+            return os.path.realpath(path)
+    return None
 
 
 def _windows_dll_path():

@@ -125,6 +125,9 @@ class Clone:
         if error:
             raise CloneLoadError(f"clone {self.record.index} failed to start:\n{error}")
 
+    def _pth_path(self) -> str:
+        return os.path.splitext(self.record.libpython)[0] + "._pth"
+
     def sys_attr_text(self, name: str) -> Optional[str]:
         api = self.api
         sys_mod = api.PyImport_AddModule(b"sys")
