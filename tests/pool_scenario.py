@@ -76,6 +76,39 @@ def main():
 
         check(results, "decimal", decimal_work)
 
+    def tiny_tasks():
+        workers = (os.cpu_count() or 1) + 2
+        with ClonePool(workers) as p:
+            got = list(p.map(tasks.echo, range(3000)))
+        return got == list(range(3000)), f"3000 tasks on {workers} workers"
+
+    check(results, "tiny_tasks", tiny_tasks)
+
+    def thirty_pools():
+        import threading
+
+        before = threading.active_count()
+        for i in range(30):
+            with ClonePool(2) as p:
+                assert p.submit(tasks.add, i, 1).result() == i + 1
+        after = threading.active_count()
+        return after == before, f"threads before {before}, after 30 pools {after}"
+
+    check(results, "thirty_pools", thirty_pools)
+
+    def numpy_in_clones():
+        try:
+            import numpy  # noqa: F401
+        except ImportError:
+            return False, "numpy is not installed in this environment"
+        with ClonePool(2) as p:
+            got = list(p.map(tasks.numpy_work, range(6)))
+        expected = [tasks.numpy_work(i)[0] for i in range(6)]
+        same = all(abs(a[0] - b) < 1e-9 for a, b in zip(got, expected))
+        return same and {g[2] for g in got} - {None}, f"clones used: {sorted({g[2] for g in got})}"
+
+    check(results, "numpy", numpy_in_clones)
+
     def broken():
         p = ClonePool(1, initializer=tasks.slow_fail_initializer, initargs=(0.3,))
         f = p.submit(tasks.echo, 1)
