@@ -36,6 +36,11 @@ libraries it loads (a mirrored directory tree), or passes
 LC_RPATH are replaced by that absolute directory (the original's).
 The new libpython reference is whatever ``new_libpython_install_name`` says:
 an absolute path, or ``@loader_path/...`` relative to where the copy goes.
+An extension that links libpython by name instead (no dynamic lookup) has
+that load command renamed (``rename_dylibs``); its Py binds, flat or not,
+then go to that command's ordinal. @rpath references are left as they are:
+they resolve through LC_RPATH entries, which ``loader_path_base`` makes
+absolute, or through the loading executable's, which do not move.
 
 Every touched slice loses its old code signature and gets a fresh ad-hoc one
 (cloner.codesign). The result is written to a temporary name, re-read with the
@@ -47,7 +52,7 @@ import os
 import struct
 import uuid as _uuid
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from gilclone.cloner import codesign
 from gilclone.errors import BinaryFormatError, RewriteError
@@ -311,6 +316,9 @@ class SliceEdits:
     add_dylib: Optional[str] = None
     rebind_python: bool = False
     loader_path_base: Optional[str] = None
+    # LC_LOAD_* names to replace (an extension that links libpython by name: its
+    # load command is pointed at the clone, and Py binds go to that ordinal).
+    rename_dylibs: Dict[str, str] = field(default_factory=dict)
     identifier: str = ""
     # Filled in while applying: what the checks compare against.
     uuid: Optional[str] = None
@@ -385,6 +393,8 @@ def _strip_signature(image: bytearray, sl: macho.RawSlice, page_size: int) -> by
         return image
     at = cmds[0].offset
     dataoff, datasize = struct.unpack_from(sl.endian + "II", image, at + 8)
+    if not dataoff and not datasize:
+        return image  # a command with no signature yet (left by an earlier edit)
     if len(image) - (dataoff + datasize) >= 16:
         raise RewriteError(f"{sl.arch}: the code signature is not at the end of the image")
     c, fileoff, _filesize = _linkedit(image, sl)
@@ -403,6 +413,15 @@ def _dylib_command(cmd: int, name: str, endian: str, timestamp=2, current=0, com
     size = _align(24 + len(raw), 8)
     return struct.pack(endian + "IIIIII", cmd, size, 24, timestamp, current, compat) + raw + bytes(
         size - 24 - len(raw))
+
+
+def resolve_loader_path(name: str, base: str) -> Optional[str]:
+    """``name`` with a leading ``@loader_path`` replaced by the directory ``base``; None if it has none."""
+    if name == "@loader_path":
+        return base
+    if name.startswith("@loader_path/"):
+        return os.path.join(base, name[len("@loader_path/"):])
+    return None
 
 
 def _rpath_command(path: str, endian: str) -> bytes:
@@ -424,10 +443,12 @@ def _edit_commands(image: bytearray, sl: macho.RawSlice, e: SliceEdits, path: st
             fresh = _uuid.uuid4()
             e.uuid = str(fresh).upper()
             raw = raw[:8] + fresh.bytes
-        elif e.loader_path_base and c.cmd in macho.LOAD_DYLIB_COMMANDS + (macho.LC_RPATH,):
-            name = macho.lc_str(image, sl, c)
-            if name.startswith("@loader_path/") or name == "@loader_path":
-                name = os.path.join(e.loader_path_base, name[len("@loader_path/"):])
+        elif c.cmd in macho.LOAD_DYLIB_COMMANDS + (macho.LC_RPATH,):
+            old = macho.lc_str(image, sl, c)
+            name = e.rename_dylibs.get(old) if c.cmd != macho.LC_RPATH else None
+            if name is None and e.loader_path_base:
+                name = resolve_loader_path(old, e.loader_path_base)
+            if name is not None and name != old:
                 if c.cmd == macho.LC_RPATH:
                     raw = _rpath_command(name, sl.endian)
                 else:
@@ -511,8 +532,15 @@ def edit_slice(image: bytearray, e: SliceEdits, path: str) -> bytearray:
         raise BinaryFormatError(path, str(exc)) from None
     page_size = PAGE_SIZES.get(sl.arch, 0x1000)
     image = _strip_signature(bytearray(image), sl, page_size)
+    loads = sl.find(*macho.LOAD_DYLIB_COMMANDS)
     if e.add_dylib is not None:
-        e.new_ordinal = len(sl.find(*macho.LOAD_DYLIB_COMMANDS)) + 1
+        e.new_ordinal = len(loads) + 1
+    elif e.rename_dylibs:
+        renamed = [i for i, c in enumerate(loads) if macho.lc_str(image, sl, c) in e.rename_dylibs]
+        e.new_ordinal = renamed[0] + 1 if renamed else None
+    if e.rebind_python and e.new_ordinal is None:
+        raise RewriteError(f"{path} [{sl.arch}]: no dylib to re-bind the Py symbols to "
+                           "(neither added nor renamed)")
     if e.rebind_python:
         image = _rebind(image, sl, e, page_size)
         _fat, (sl,) = macho.scan(image)
@@ -589,10 +617,18 @@ def _check(path: str, src: str, edits: List[SliceEdits]) -> None:
         names = {c.cmd: macho.lc_str(data, sl, c) for c in sl.find(macho.LC_ID_DYLIB)}
         if e.new_id is not None and names.get(macho.LC_ID_DYLIB) != e.new_id:
             problems.append(f"{s.arch}: install name is {names.get(macho.LC_ID_DYLIB)}")
+        loads = [macho.lc_str(data, sl, c) for c in sl.find(*macho.LOAD_DYLIB_COMMANDS)]
         if e.add_dylib is not None:
-            loads = [macho.lc_str(data, sl, c) for c in sl.find(*macho.LOAD_DYLIB_COMMANDS)]
             if len(loads) < e.new_ordinal or loads[e.new_ordinal - 1] != e.add_dylib:
                 problems.append(f"{s.arch}: {e.add_dylib} is not load ordinal {e.new_ordinal}")
+        left = [n for n in loads if n in e.rename_dylibs]
+        if left:
+            problems.append(f"{s.arch}: still loads {left[0]}")
+        if e.loader_path_base:
+            rpaths = [macho.lc_str(data, sl, c) for c in sl.find(macho.LC_RPATH)]
+            stale = [n for n in loads + rpaths if n.startswith("@loader_path")]
+            if stale:
+                problems.append(f"{s.arch}: {stale[0]} was not made absolute")
         if e.rebind_python:
             if not sl.flags & macho.MH_TWOLEVEL:
                 problems.append(f"{s.arch}: MH_TWOLEVEL not set")
@@ -640,6 +676,7 @@ class MachoEdits:
     add_dylib: Optional[str] = None
     rebind_python: bool = False
     loader_path_base: Optional[str] = None
+    rename_dylibs: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
 
 
@@ -647,5 +684,5 @@ def apply(src, dst, edits: MachoEdits) -> List[SliceEdits]:
     """Apply collected edits to every slice of ``src``, writing ``dst``."""
     return _apply(src, dst, lambda sl: SliceEdits(
         new_id=edits.new_id, add_dylib=edits.add_dylib, rebind_python=edits.rebind_python,
-        loader_path_base=edits.loader_path_base,
+        loader_path_base=edits.loader_path_base, rename_dylibs=dict(edits.rename_dylibs),
     ))
