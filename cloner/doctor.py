@@ -626,6 +626,23 @@ PLATFORM_CHECKS: Dict[str, Callable[[_Context], List[Finding]]] = {"linux": _lin
 _READERS = {"linux": elf_reader.read}
 
 
+def _macos_checks(ctx: _Context) -> List[Finding]:
+    """macOS: checked statically only, not yet run on a Mac (see docs/macos.md)."""
+    from gilclone.cloner import macho_clone
+
+    return macho_clone.doctor_findings(ctx.install, ctx.libpython, ctx.environ)
+
+
+def _read_macho(path: str) -> BinaryInfo:
+    from gilclone.platforms import macho
+
+    return macho.read(path)
+
+
+PLATFORM_CHECKS["macos"] = _macos_checks
+_READERS["macos"] = _read_macho
+
+
 def diagnose(install: PythonInstall, cache_root: str, environ: Mapping[str, str] = os.environ) -> List[Finding]:
     """Every finding for ``install`` with clones kept under ``cache_root``, worst first."""
     findings = static_host_findings(install)
