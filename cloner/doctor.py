@@ -643,6 +643,23 @@ PLATFORM_CHECKS["macos"] = _macos_checks
 _READERS["macos"] = _read_macho
 
 
+def _windows_checks(ctx: _Context) -> List[Finding]:
+    """Windows: DLL name collisions, missing ._pth, abi3 without python3.dll, signed DLLs."""
+    from gilclone.cloner import pe_clone
+
+    return pe_clone.doctor_findings(ctx.install, ctx.libpython, ctx.environ)
+
+
+def _read_pe(path: str) -> BinaryInfo:
+    from gilclone.platforms import pe
+
+    return pe.read(path)
+
+
+PLATFORM_CHECKS["windows"] = _windows_checks
+_READERS["windows"] = _read_pe
+
+
 def diagnose(install: PythonInstall, cache_root: str, environ: Mapping[str, str] = os.environ) -> List[Finding]:
     """Every finding for ``install`` with clones kept under ``cache_root``, worst first."""
     findings = static_host_findings(install)

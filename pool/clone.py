@@ -90,7 +90,8 @@ class Clone:
                 raise CloneLoadError(
                     f"{self.record.libpython}: already initialised in this process by other code"
                 )
-            self._initialise(sys_path, argv, run_site)
+            with _INIT_LOCK if os.name == "nt" else contextlib.nullcontext():
+                self._initialise(sys_path, argv, run_site)
             self.initialised = True
 
     def _initialise(self, sys_path, argv, run_site: bool) -> None:
@@ -198,6 +199,9 @@ class Clone:
             return None
 
 
+# Windows: two clones running Py_InitializeEx at once crashed now and then under Wine
+# (access violations inside it, 3.13); clones start one at a time there.
+_INIT_LOCK = threading.Lock()
 _dll_directories: Dict[str, object] = {}
 
 
