@@ -292,6 +292,33 @@ def _is_py(sym):
     return sym.startswith(("_Py", "__Py"))
 
 
+def llvm_checked_pages(path, arch) -> int:
+    """Page hashes checked with LLVM's view of the file (slice offset, LC_CODE_SIGNATURE),
+    independently of cloner.codesign's reader; returns how many pages matched."""
+    import hashlib
+
+    fat = mw.parse_universal_headers(mw.run_tool(mw.OBJDUMP, "--macho", "--universal-headers", path))
+    base = next((a["offset"] for a in fat if a["architecture"] == arch), 0)
+    cmds = mw.parse_load_commands(mw.run_tool(mw.OBJDUMP, "--macho", "--private-headers", f"--arch={arch}", path))
+    (cs,) = [c for c in cmds if c.get("cmd") == "LC_CODE_SIGNATURE"]
+    dataoff, datasize = int(cs["dataoff"]), int(cs["datasize"])
+    with open(path, "rb") as f:
+        data = f.read()
+    sig = data[base + dataoff : base + dataoff + datasize]
+    magic, _length, count = struct.unpack_from(">III", sig, 0)
+    assert magic == 0xFADE0CC0
+    (cd,) = [off for slot, off in (struct.unpack_from(">II", sig, 12 + 8 * i) for i in range(count)) if slot == 0]
+    hash_offset, _ident, _special, nslots, code_limit, hash_size, hash_type, _pl, page_shift = \
+        struct.unpack_from(">IIIIIBBBB", sig, cd + 16)
+    assert (hash_size, hash_type, code_limit) == (32, 2, dataoff)
+    page = 1 << page_shift
+    for i in range(nslots):
+        chunk = data[base + i * page : base + min((i + 1) * page, code_limit)]
+        want = sig[cd + hash_offset + 32 * i : cd + hash_offset + 32 * (i + 1)]
+        assert hashlib.sha256(chunk).digest() == want, (path, arch, i)
+    return nslots
+
+
 @pytest.mark.parametrize("which", sorted(HOMES))
 def test_prepare_verify_twins_end_to_end(tmp_path, homes, which):
     home = homes[which]
@@ -326,6 +353,7 @@ def test_prepare_verify_twins_end_to_end(tmp_path, homes, which):
             seen_uuids.add(u)
             rpaths = [c["path"].split(" (offset")[0] for c in cmds if c.get("cmd") == "LC_RPATH"]
             assert all(not p.startswith("@loader_path") for p in rpaths)
+            assert llvm_checked_pages(rec.libpython, s.arch) > 0
         assert all(c["pages"] > 0 for c in codesign.verify_file(rec.libpython))
     assert len(install_names) == COUNT
 
@@ -353,6 +381,7 @@ def test_prepare_verify_twins_end_to_end(tmp_path, homes, which):
                 for a, b in zip(old_rows, rows):  # nothing else moved
                     if not _is_py(a["symbol"]):
                         assert a == b
+                assert llvm_checked_pages(twin, s.arch) > 0
     # With the copies made, verify checks them too.
     proc = gilclone("verify", "--json", dest)
     report = json.loads(proc.stdout)
