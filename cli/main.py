@@ -37,3 +37,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"gilclone {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`gilclone ... | head`): nothing left to say to it.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
