@@ -103,7 +103,11 @@ class ClonePool(Executor):
             return
         try:
             while True:
-                item = self._queue.get()
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    ctx.idle()
+                    item = self._queue.get()
                 if item is None:
                     return
                 if self._broken is not None:

@@ -45,6 +45,7 @@ class WorkerContext:
         self._tstate = None
         self._gil = None
         self.started = False  # the clone is set up; what fails after this is the initializer
+        self._attached = False  # this thread holds the clone's GIL
         self._buffer = self._view = None
         self._runner = self._run = self._fetch = None
 
@@ -111,15 +112,33 @@ class WorkerContext:
     def finalize(self) -> None:
         """Give the clone back: drop this thread's state in it (the clone stays initialised)."""
         api = self.clone.api
-        if self._tstate is None:
+        if self._tstate is None and not self._attached:
             return
-        api.PyEval_RestoreThread(self._tstate)
+        self._enter()
         for obj in (self._run, self._fetch, self._set_buffer, self._runner):
             if obj:
                 api.Py_DecRef(obj)
         self._run = self._fetch = self._set_buffer = self._runner = None
         self._tstate = None
+        self._attached = False
         api.PyGILState_Release(self._gil)
+
+    # -- holding the clone's GIL -------------------------------------------------
+    #
+    # While tasks keep coming the worker keeps the clone's GIL between them (two
+    # foreign calls per task instead of four); it lets go when its queue runs dry,
+    # so threads a task started inside the clone run while the worker waits.
+
+    def _enter(self) -> None:
+        if not self._attached:
+            self.clone.api.PyEval_RestoreThread(self._tstate)
+            self._attached = True
+
+    def idle(self) -> None:
+        """The worker is about to wait for work: release the clone's GIL."""
+        if self._attached:
+            self._tstate = self.clone.api.held.PyEval_SaveThread()
+            self._attached = False
 
     # -- run ---------------------------------------------------------------------
 
@@ -162,24 +181,21 @@ class WorkerContext:
 
     def _call_runner(self, exports) -> None:
         api = self.clone.api
-        api.PyEval_RestoreThread(self._tstate)
-        try:
-            args = None
-            if exports:
-                args = api.PyTuple_New(len(exports))
-                for i, view in enumerate(exports):
-                    clone_view = Py_buffer.from_buffer_copy(view)
-                    clone_view.obj = None  # the clone's view must not release the host's export
-                    api.PyTuple_SetItem(args, i, api.PyMemoryView_FromBuffer(ctypes.byref(clone_view)))
-            result = api.PyObject_CallObject(self._run, args)
-            if args:
-                api.held.Py_DecRef(args)
-            if not result:
-                api.PyErr_Print()
-                raise CloneLoadError(f"clone {self.clone.index}: the task runner itself failed")
-            api.held.Py_DecRef(result)  # None: no finaliser can run
-        finally:
-            self._tstate = api.held.PyEval_SaveThread()
+        self._enter()
+        args = None
+        if exports:
+            args = api.PyTuple_New(len(exports))
+            for i, view in enumerate(exports):
+                clone_view = Py_buffer.from_buffer_copy(view)
+                clone_view.obj = None  # the clone's view must not release the host's export
+                api.PyTuple_SetItem(args, i, api.PyMemoryView_FromBuffer(ctypes.byref(clone_view)))
+        result = api.PyObject_CallObject(self._run, args)
+        if args:
+            api.held.Py_DecRef(args)
+        if not result:
+            api.PyErr_Print()
+            raise CloneLoadError(f"clone {self.clone.index}: the task runner itself failed")
+        api.held.Py_DecRef(result)  # None: no finaliser can run
 
     def _set_host_buffer(self, buffer) -> None:
         self._buffer = buffer
@@ -189,12 +205,9 @@ class WorkerContext:
         needed = inclone.HEADER + _HEADER.unpack_from(self._view, 0)[0]
         self._replace_buffer(needed)
         api = self.clone.api
-        api.PyEval_RestoreThread(self._tstate)
-        try:
-            result = api.PyObject_CallObject(self._fetch, None)
-            api.Py_DecRef(result)
-        finally:
-            self._tstate = api.PyEval_SaveThread()
+        self._enter()
+        result = api.PyObject_CallObject(self._fetch, None)
+        api.Py_DecRef(result)
 
     def _replace_buffer(self, size: int) -> None:
         api = self.clone.api
@@ -202,16 +215,13 @@ class WorkerContext:
         self._set_host_buffer(ctypes.create_string_buffer(size))
         self._view[:16] = old[:16]
         old.release()
-        api.PyEval_RestoreThread(self._tstate)
-        try:
-            args = api.PyTuple_New(1)
-            api.PyTuple_SetItem(args, 0, self._clone_view_of_buffer())
-            result = api.PyObject_CallObject(self._set_buffer, args)
-            api.Py_DecRef(args)
-            if result:
-                api.Py_DecRef(result)
-        finally:
-            self._tstate = api.PyEval_SaveThread()
+        self._enter()
+        args = api.PyTuple_New(1)
+        api.PyTuple_SetItem(args, 0, self._clone_view_of_buffer())
+        result = api.PyObject_CallObject(self._set_buffer, args)
+        api.Py_DecRef(args)
+        if result:
+            api.Py_DecRef(result)
 
 
 def _export_all(objects) -> List[Py_buffer]:

@@ -269,9 +269,24 @@ def test_foreign_calls_per_task_are_few():
             for _ in range(10):
                 p.submit(tasks.write_view, shared(buf), 0, 1).result()
             with_shared = dict(counts)
+            counts.clear()
+            assert list(p.map(tasks.echo, range(200))) == list(range(200))
+            burst = dict(counts)
         finally:
             for (t, name), fn in originals.items():
                 setattr(t, name, fn)
     assert sum(plain.values()) == 4 * 50, plain
     assert sorted(plain) == ["PyEval_RestoreThread", "PyEval_SaveThread", "PyObject_CallObject", "Py_DecRef"]
     assert sum(with_shared.values()) == (4 + 2 + 2) * 10, with_shared
+    # Back-to-back tasks keep the clone's GIL: two calls each, plus a take/release per idle spell.
+    assert sum(burst.values()) < 3 * 200, burst
+    assert burst["PyObject_CallObject"] == 200
+
+
+def test_threads_started_in_a_clone_run_while_the_worker_waits():
+    with ClonePool(1) as p:
+        p.submit(tasks.start_counter).result()
+        first = p.submit(tasks.read_counter).result()
+        time.sleep(0.3)  # no task: the worker must have let go of the clone's GIL
+        second = p.submit(tasks.read_counter).result()
+    assert second - first > 20, (first, second)

@@ -115,3 +115,22 @@ def slow_fail_initializer(delay):
 
     time.sleep(delay)
     raise RuntimeError("initializer refuses")
+
+
+_counter = {"n": 0}
+
+
+def start_counter():
+    import time
+
+    def count():
+        while True:
+            _counter["n"] += 1
+            time.sleep(0.001)
+
+    threading.Thread(target=count, daemon=True).start()
+    return True
+
+
+def read_counter():
+    return _counter["n"]
