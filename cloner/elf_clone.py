@@ -8,6 +8,7 @@ the libraries bundled next to the original.
 """
 
 import os
+import re
 from typing import Dict, List
 
 from gilclone.cloner import elf_writer, naming
@@ -34,9 +35,10 @@ def build_twin(source: str, target: str, renames: Dict[str, str], libpython: str
     elf_writer.apply(source, target, edits)
 
 
+# $ORIGIN or ${ORIGIN}, but not the start of a longer name such as $ORIGINAL (ld.so's rule).
+_ORIGIN = re.compile(r"\$\{ORIGIN\}|\$ORIGIN(?![A-Za-z0-9_])")
+
+
 def resolve_origin(rpaths, origin_dir: str) -> List[str]:
     """Run paths with $ORIGIN replaced by the directory of the original file."""
-    out = []
-    for p in rpaths:
-        out.append(p.replace("${ORIGIN}", origin_dir).replace("$ORIGIN", origin_dir))
-    return out
+    return [_ORIGIN.sub(lambda _m: origin_dir, p) for p in rpaths]

@@ -97,6 +97,6 @@ def _is_current(twin_dir: str, twin: str, source: str) -> bool:
     if meta.get("source_mtime_ns") != src.st_mtime_ns:
         return False
     stamp = [tgt.st_size, tgt.st_mtime_ns, tgt.st_ctime_ns, tgt.st_ino]
-    if meta.get("stamp") == stamp:
+    if tgt.st_ino and meta.get("stamp") == stamp:  # no inode number: trust only the hash
         return True
     return store.sha256_file(twin) == meta.get("sha256")

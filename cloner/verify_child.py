@@ -111,6 +111,14 @@ class Verifier:
 
     def files_intact(self):
         problems = [p for p in (store.check_clone(c.record, full=True) for c in self.clones) if p]
+        listed = {os.path.basename(c.record.directory) for c in self.clones}
+        unlisted = sorted(
+            d for d in os.listdir(self.cset.root)
+            if d.startswith("clone-") and d not in listed
+        )
+        if unlisted:
+            problems.append(f"{', '.join(unlisted)} in {self.cset.root} have no readable manifest; "
+                            "run `gilclone prepare` to rebuild them")
         return not problems, "; ".join(problems) or f"{len(self.clones)} clones match their manifests (SHA-256)"
 
     def distinct_sonames(self):

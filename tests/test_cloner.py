@@ -200,6 +200,8 @@ def test_resolve_origin():
     d = "/opt/site-packages/numpy/core"
     assert extensions.resolve_origin(["$ORIGIN/../lib"], d) == [d + "/../lib"]
     assert extensions.resolve_origin(["${ORIGIN}"], d) == [d]
+    # ld.so expands $ORIGIN only as a whole name: $ORIGINAL is someone else's variable.
+    assert extensions.resolve_origin(["$ORIGINAL/lib"], d) == ["$ORIGINAL/lib"]
     assert extensions.resolve_origin(["${ORIGIN}/../../numpy.libs"], d) == [d + "/../../numpy.libs"]
     assert extensions.resolve_origin(["/usr/lib", "relative/dir"], d) == ["/usr/lib", "relative/dir"]
     assert extensions.resolve_origin(["$ORIGIN", "/usr/lib", "$ORIGIN/x"], d) == [d, "/usr/lib", d + "/x"]
@@ -670,3 +672,11 @@ def test_two_sets_of_one_python_in_one_process(prepared, tmp_path):
     )
     assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"
     assert run.stdout.strip().splitlines()[-1] == "['21', '22']"
+
+
+def test_clone_without_manifest_is_reported_not_dropped(broken):
+    os.remove(os.path.join(broken, "clone-01", "manifest.json"))
+    code, report = verify_json(broken)
+    assert code == 1 and report["ok"] is False
+    intact = check(report, "files_intact")
+    assert intact["ok"] is False and "clone-01" in intact["detail"], intact["detail"]
