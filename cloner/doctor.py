@@ -19,7 +19,7 @@ from elftools.elf.elffile import ELFFile
 from gilclone.cloner import elf_writer
 from gilclone.errors import BinaryFormatError, ToolMissingError
 from gilclone.platforms import elf as elf_reader
-from gilclone.platforms.binary import ELF_MAGIC
+from gilclone.platforms.binary import ELF_MAGIC, read_binary
 from gilclone.platforms.classify import python_version_from_filename
 from gilclone.platforms.model import BinaryInfo, PythonInstall
 
@@ -623,51 +623,29 @@ def _linux_checks(ctx: _Context) -> List[Finding]:
 # OS-specific checks, by PythonInstall.platform. Windows and macOS add theirs here.
 PLATFORM_CHECKS: Dict[str, Callable[[_Context], List[Finding]]] = {"linux": _linux_checks}
 
-_READERS = {"linux": elf_reader.read}
+def _builder_checks(binary_format: str) -> Callable[[_Context], List[Finding]]:
+    """Checks for an OS whose clones another format's builder makes (Windows: PE,
+    macOS: Mach-O); they live beside that builder (docs/windows.md, docs/macos.md)."""
+
+    def checks(ctx: _Context) -> List[Finding]:
+        from gilclone.cloner.builders import builder_for
+
+        return builder_for(binary_format).doctor_findings(ctx.install, ctx.libpython, ctx.environ)
+
+    return checks
 
 
-def _macos_checks(ctx: _Context) -> List[Finding]:
-    """macOS: checked statically only, not yet run on a Mac (see docs/macos.md)."""
-    from gilclone.cloner import macho_clone
-
-    return macho_clone.doctor_findings(ctx.install, ctx.libpython, ctx.environ)
-
-
-def _read_macho(path: str) -> BinaryInfo:
-    from gilclone.platforms import macho
-
-    return macho.read(path)
-
-
-PLATFORM_CHECKS["macos"] = _macos_checks
-_READERS["macos"] = _read_macho
-
-
-def _windows_checks(ctx: _Context) -> List[Finding]:
-    """Windows: DLL name collisions, missing ._pth, abi3 without python3.dll, signed DLLs."""
-    from gilclone.cloner import pe_clone
-
-    return pe_clone.doctor_findings(ctx.install, ctx.libpython, ctx.environ)
-
-
-def _read_pe(path: str) -> BinaryInfo:
-    from gilclone.platforms import pe
-
-    return pe.read(path)
-
-
-PLATFORM_CHECKS["windows"] = _windows_checks
-_READERS["windows"] = _read_pe
+PLATFORM_CHECKS["macos"] = _builder_checks("Mach-O")  # static only: not yet run on a Mac
+PLATFORM_CHECKS["windows"] = _builder_checks("PE")
 
 
 def diagnose(install: PythonInstall, cache_root: str, environ: Mapping[str, str] = os.environ) -> List[Finding]:
     """Every finding for ``install`` with clones kept under ``cache_root``, worst first."""
     findings = static_host_findings(install)
     libpython = None
-    reader = _READERS.get(install.platform)
-    if install.libpython and reader is not None:
+    if install.libpython:
         try:
-            libpython = reader(install.libpython)
+            libpython = read_binary(install.libpython)
         except BinaryFormatError as exc:
             findings.append(libpython_unreadable_finding(install.libpython, exc.problem))
     check = PLATFORM_CHECKS.get(install.platform)
