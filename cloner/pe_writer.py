@@ -32,13 +32,13 @@ import pefile
 from gilclone.errors import BinaryFormatError, RewriteError
 from gilclone.platforms import pe as pe_reader
 from gilclone.platforms.model import BinaryInfo
-
-_DIRS = pefile.DIRECTORY_ENTRY
-_EXPORT = _DIRS["IMAGE_DIRECTORY_ENTRY_EXPORT"]
-_IMPORT = _DIRS["IMAGE_DIRECTORY_ENTRY_IMPORT"]
-_SECURITY = _DIRS["IMAGE_DIRECTORY_ENTRY_SECURITY"]
-_BOUND_IMPORT = _DIRS["IMAGE_DIRECTORY_ENTRY_BOUND_IMPORT"]
-_DELAY_IMPORT = _DIRS["IMAGE_DIRECTORY_ENTRY_DELAY_IMPORT"]
+from gilclone.platforms.pe import (  # data-directory indexes, shared with the reader
+    _BOUND_IMPORT,
+    _DELAY_IMPORT,
+    _EXPORT,
+    _IMPORT,
+    _SECURITY,
+)
 
 _SCN_MEM_READ = 0x40000000
 _SCN_MEM_WRITE = 0x80000000
