@@ -158,13 +158,7 @@ def encode_ordinal(ordinal: int) -> bytes:
         return bytes([BIND_OPCODE_SET_DYLIB_SPECIAL_IMM | (ordinal & 0x0F)])
     if ordinal <= 15:
         return bytes([BIND_OPCODE_SET_DYLIB_ORDINAL_IMM | ordinal])
-    out = bytearray([BIND_OPCODE_SET_DYLIB_ORDINAL_ULEB])
-    while True:
-        b = ordinal & 0x7F
-        ordinal >>= 7
-        out.append(b | (0x80 if ordinal else 0))
-        if not ordinal:
-            return bytes(out)
+    return bytes([BIND_OPCODE_SET_DYLIB_ORDINAL_ULEB]) + macho.write_uleb(ordinal)
 
 
 def bind_records(stream: bytes, lazy: bool = False) -> List[Tuple[bytes, int]]:

@@ -441,6 +441,17 @@ def read_uleb(buf: bytes, pos: int, end: Optional[int] = None) -> Tuple[int, int
             return value, pos
 
 
+def write_uleb(value: int) -> bytes:
+    """ULEB128 encoding of ``value`` (the inverse of read_uleb)."""
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        out.append(b | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
 def parse_export_trie(buf: bytes) -> List[str]:
     """Every exported name in a dyld export trie (depth-first, a node before its children)."""
     names: List[str] = []

@@ -158,14 +158,6 @@ def test_parse_universal_and_exports():
 # The export trie parser on hand-built tries.
 
 
-def _uleb(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _uleb2(n):
@@ -187,20 +179,20 @@ def _trie(tree):
 
     collect(None, tree)
     sizes = [
-        len(_uleb(len(term))) + len(term) + 1 + sum(len(e) + 1 + 2 for e, _ in kids)
+        len(macho.write_uleb(len(term))) + len(term) + 1 + sum(len(e) + 1 + 2 for e, _ in kids)
         for term, kids in nodes
     ]
     offsets = [sum(sizes[:i]) for i in range(len(nodes))]
     blob = bytearray()
     for term, kids in nodes:
-        blob += _uleb(len(term)) + term + bytes([len(kids)])
+        blob += macho.write_uleb(len(term)) + term + bytes([len(kids)])
         for edge, child in kids:
             blob += edge.encode() + b"\0" + _uleb2(offsets[child])
     return bytes(blob)
 
 
 def test_export_trie_parser():
-    term = _uleb(0) + _uleb(0x1000)  # flags regular, address
+    term = macho.write_uleb(0) + macho.write_uleb(0x1000)  # flags regular, address
     tree = {"_Py": (None, {"Init_a": (term, {}), "_Initialize": (term, {"Ex": (term, {})})}),
             "_x": (term, {})}
     names = macho.parse_export_trie(_trie(tree))

@@ -43,14 +43,6 @@ LIB_DYNLOAD_NAMES = ("_multiarray_tests", "_operand_flag_tests", "_rational_test
 # Export tries (the stand-in libpython must export the C API's names)
 
 
-def _uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def trie_terminals(buf: bytes) -> dict:
@@ -106,10 +98,10 @@ def build_trie(exports: dict) -> bytes:
     offsets = {id(n): 0 for n in order}
 
     def encode(n):
-        out = bytearray(_uleb(len(n.terminal)) + n.terminal if n.terminal is not None else b"\0")
+        out = bytearray(macho.write_uleb(len(n.terminal)) + n.terminal if n.terminal is not None else b"\0")
         out.append(len(n.children))
         for label, child in n.children:
-            out += label + b"\0" + _uleb(offsets[id(child)])
+            out += label + b"\0" + macho.write_uleb(offsets[id(child)])
         return bytes(out)
 
     while True:
