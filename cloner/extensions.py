@@ -16,7 +16,6 @@ from typing import Dict
 
 from gilclone.cloner import store
 from gilclone.cloner.builders import builder_for
-from gilclone.cloner.elf_clone import resolve_origin  # noqa: F401 - kept importable here
 from gilclone.cloner.filelock import FileLock
 from gilclone.errors import BinaryFormatError, CloneError
 

@@ -20,7 +20,7 @@ import time
 import pytest
 import support
 from elftools.elf.elffile import ELFFile
-from gilclone.cloner import elf_writer, extensions, naming, store
+from gilclone.cloner import elf_clone, elf_writer, extensions, naming, store
 from gilclone.errors import RewriteError
 from gilclone.platforms import elf as elf_reader
 from gilclone.platforms.locate import locate
@@ -198,14 +198,14 @@ def test_clone_index_out_of_range_raises(index):
 
 def test_resolve_origin():
     d = "/opt/site-packages/numpy/core"
-    assert extensions.resolve_origin(["$ORIGIN/../lib"], d) == [d + "/../lib"]
-    assert extensions.resolve_origin(["${ORIGIN}"], d) == [d]
+    assert elf_clone.resolve_origin(["$ORIGIN/../lib"], d) == [d + "/../lib"]
+    assert elf_clone.resolve_origin(["${ORIGIN}"], d) == [d]
     # ld.so expands $ORIGIN only as a whole name: $ORIGINAL is someone else's variable.
-    assert extensions.resolve_origin(["$ORIGINAL/lib"], d) == ["$ORIGINAL/lib"]
-    assert extensions.resolve_origin(["${ORIGIN}/../../numpy.libs"], d) == [d + "/../../numpy.libs"]
-    assert extensions.resolve_origin(["/usr/lib", "relative/dir"], d) == ["/usr/lib", "relative/dir"]
-    assert extensions.resolve_origin(["$ORIGIN", "/usr/lib", "$ORIGIN/x"], d) == [d, "/usr/lib", d + "/x"]
-    assert extensions.resolve_origin([], d) == []
+    assert elf_clone.resolve_origin(["$ORIGINAL/lib"], d) == ["$ORIGINAL/lib"]
+    assert elf_clone.resolve_origin(["${ORIGIN}/../../numpy.libs"], d) == [d + "/../../numpy.libs"]
+    assert elf_clone.resolve_origin(["/usr/lib", "relative/dir"], d) == ["/usr/lib", "relative/dir"]
+    assert elf_clone.resolve_origin(["$ORIGIN", "/usr/lib", "$ORIGIN/x"], d) == [d, "/usr/lib", d + "/x"]
+    assert elf_clone.resolve_origin([], d) == []
 
 
 # -- 2. ELF rewriting on real files --------------------------------------------------------
@@ -272,7 +272,7 @@ def test_add_needed_and_rpaths_keep_the_tag_kind(tmp_path, module_copy, kind):
     assert info.facts.rpath_tag == kind
 
     origin = str(module_copy.parent)
-    rpaths = tuple(extensions.resolve_origin(info.rpaths, origin))
+    rpaths = tuple(elf_clone.resolve_origin(info.rpaths, origin))
     dst = tmp_path / "twin.so"
     elf_writer.apply(str(module_copy), str(dst), elf_writer.ElfEdits(add_needed=["libgcTESTTEST00.so"], rpaths=rpaths))
 
