@@ -15,8 +15,9 @@ import hashlib
 import struct
 from typing import List, Tuple
 
-from gilclone.errors import RewriteError
 from gilclone.platforms import macho
+
+from gilclone.errors import RewriteError
 
 CSMAGIC_EMBEDDED_SIGNATURE = 0xFADE0CC0
 CSMAGIC_CODEDIRECTORY = 0xFADE0C02

@@ -17,11 +17,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from elftools.elf.elffile import ELFFile
 from gilclone.cloner import elf_writer
-from gilclone.errors import BinaryFormatError, ToolMissingError
 from gilclone.platforms import elf as elf_reader
 from gilclone.platforms.binary import ELF_MAGIC, read_binary
 from gilclone.platforms.classify import python_version_from_filename
 from gilclone.platforms.model import BinaryInfo, PythonInstall
+
+from gilclone.errors import BinaryFormatError, ToolMissingError
 
 ERROR = "error"
 WARNING = "warning"

@@ -15,8 +15,9 @@ from typing import Dict, List, Optional, Tuple
 
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
-from gilclone.errors import RewriteError, ToolMissingError
 from gilclone.platforms import elf as elf_reader
+
+from gilclone.errors import RewriteError, ToolMissingError
 
 PATCHELF_TIMEOUT_S = 120
 

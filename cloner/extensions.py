@@ -17,6 +17,7 @@ from typing import Dict
 from gilclone.cloner import store
 from gilclone.cloner.builders import builder_for
 from gilclone.cloner.filelock import FileLock
+
 from gilclone.errors import BinaryFormatError, CloneError
 
 TWIN_FILE = "twin.json"

@@ -34,9 +34,10 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 from gilclone.cloner import codesign, macho_writer, naming, store
 from gilclone.cloner.builders import BuiltClone
-from gilclone.errors import BinaryFormatError, CloneError, RewriteError
 from gilclone.platforms import macho
 from gilclone.platforms.classify import python_version_from_libname
+
+from gilclone.errors import BinaryFormatError, CloneError, RewriteError
 
 NOT_RUN_NOTE = "not yet run on a Mac: macOS sets are checked statically only"
 # Names a copy may keep pointing at without the file being here: dyld finds these

@@ -55,8 +55,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from gilclone.cloner import codesign
-from gilclone.errors import BinaryFormatError, RewriteError
 from gilclone.platforms import macho
+
+from gilclone.errors import BinaryFormatError, RewriteError
 
 BIND_OPCODE_MASK = 0xF0
 BIND_IMMEDIATE_MASK = 0x0F

@@ -27,8 +27,9 @@ from typing import Dict, List, Optional, Tuple
 
 from gilclone.cloner import naming, pe_writer, store
 from gilclone.cloner.builders import BuiltClone
-from gilclone.errors import BinaryFormatError, CloneError
 from gilclone.platforms import pe as pe_reader
+
+from gilclone.errors import BinaryFormatError, CloneError
 
 STABLE_ABI_DLL = "python3.dll"
 CLONE_PREFIX = "gc"

@@ -29,7 +29,6 @@ import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 
 import pefile
-from gilclone.errors import BinaryFormatError, RewriteError
 from gilclone.platforms import pe as pe_reader
 from gilclone.platforms.model import BinaryInfo
 from gilclone.platforms.pe import (  # data-directory indexes, shared with the reader
@@ -39,6 +38,8 @@ from gilclone.platforms.pe import (  # data-directory indexes, shared with the r
     _IMPORT,
     _SECURITY,
 )
+
+from gilclone.errors import BinaryFormatError, RewriteError
 
 _SCN_MEM_READ = 0x40000000
 _SCN_MEM_WRITE = 0x80000000

@@ -10,10 +10,11 @@ from typing import Callable, Optional
 from gilclone.cloner import naming, store
 from gilclone.cloner.builders import builder_for
 from gilclone.cloner.filelock import FileLock
-from gilclone.errors import CacheLocationError, CloneError, LocateError
 from gilclone.platforms.binary import read_binary
 from gilclone.platforms.locate import locate
 from gilclone.platforms.model import KIND_LIBPYTHON, PythonInstall
+
+from gilclone.errors import CacheLocationError, CloneError, LocateError
 
 Progress = Callable[[int, int, str], None]
 

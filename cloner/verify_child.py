@@ -15,9 +15,10 @@ import time
 from typing import Callable, Dict, List, Tuple
 
 from gilclone.cloner import store
-from gilclone.errors import GilcloneError
+from gilclone.cloner.load import clone_for, python_for_host
 from gilclone.platforms.binary import read_binary
-from gilclone.pool.clone import clone_for, python_for_host
+
+from gilclone.errors import GilcloneError
 
 Check = Tuple[str, bool, str]
 PROBE_MODULE = "_decimal"  # has C-level static state (DefaultContext) worth comparing

@@ -2,8 +2,9 @@
 
 import os
 
-from gilclone.errors import BinaryFormatError
 from gilclone.platforms.model import BinaryInfo
+
+from gilclone.errors import BinaryFormatError
 
 ELF_MAGIC = b"\x7fELF"
 PE_MAGIC = b"MZ"

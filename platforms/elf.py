@@ -11,9 +11,10 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
-from gilclone.errors import BinaryFormatError
 from gilclone.platforms.classify import classify
 from gilclone.platforms.model import FORMAT_ELF, BinaryInfo, ElfFacts
+
+from gilclone.errors import BinaryFormatError
 
 _MACHINES = {
     "EM_X86_64": "x86_64",

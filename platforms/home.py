@@ -8,8 +8,9 @@ version resources, dylib install names), one module per target OS.
 import importlib
 import os
 
-from gilclone.errors import LocateError
 from gilclone.platforms.model import PythonInstall
+
+from gilclone.errors import LocateError
 
 _MODULES = {"windows": "gilclone.platforms.home_windows", "macos": "gilclone.platforms.home_macos"}
 TARGETS = ("linux", "windows", "macos")

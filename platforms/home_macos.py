@@ -20,10 +20,11 @@ import os
 import re
 from typing import List, Optional, Tuple
 
-from gilclone.errors import BinaryFormatError, LocateError
 from gilclone.platforms import macho
 from gilclone.platforms.locate import libpython_version
 from gilclone.platforms.model import KIND_LIBPYTHON, PythonInstall
+
+from gilclone.errors import BinaryFormatError, LocateError
 
 _LIB_DIR = re.compile(r"^python(3\.\d+)([a-z]*)$")
 _PY_VERSION = re.compile(r'#define\s+PY_VERSION\s+"([^"]+)"')

@@ -16,9 +16,10 @@ import re
 from typing import List, Optional, Tuple
 
 import pefile
-from gilclone.errors import BinaryFormatError, LocateError
 from gilclone.platforms import pe as pe_reader
 from gilclone.platforms.model import KIND_LIBPYTHON, PythonInstall
+
+from gilclone.errors import BinaryFormatError, LocateError
 
 _DLL = re.compile(r"^python3(\d+)\.dll$", re.IGNORECASE)
 _RESOURCE = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_RESOURCE"]

@@ -11,9 +11,10 @@ import re
 import subprocess
 from typing import Callable, List, Optional
 
-from gilclone.errors import LocateError, PythonVersionError
 from gilclone.platforms import probe
 from gilclone.platforms.model import PythonInstall
+
+from gilclone.errors import LocateError, PythonVersionError
 
 MIN_VERSION = (3, 8)
 PROBE_TIMEOUT_S = 60

@@ -35,9 +35,10 @@ import uuid as _uuid
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from gilclone.errors import BinaryFormatError
 from gilclone.platforms.classify import classify
 from gilclone.platforms.model import FORMAT_MACHO, BinaryInfo, MachoFacts, MachoSlice
+
+from gilclone.errors import BinaryFormatError
 
 FAT_MAGIC = 0xCAFEBABE
 FAT_MAGIC_64 = 0xCAFEBABF

@@ -28,9 +28,10 @@ import re
 import struct
 
 import pefile
-from gilclone.errors import BinaryFormatError
 from gilclone.platforms import classify
 from gilclone.platforms.model import FORMAT_PE, BinaryInfo, PeFacts, PeSection
+
+from gilclone.errors import BinaryFormatError
 
 _DIRS = pefile.DIRECTORY_ENTRY
 _EXPORT = _DIRS["IMAGE_DIRECTORY_ENTRY_EXPORT"]

@@ -11,12 +11,13 @@ from functools import partial
 from typing import List, Optional
 
 from gilclone.cloner import store
+from gilclone.cloner.load import clone_for
 from gilclone.cloner.prepare import ensure_set
-from gilclone.errors import GilcloneError, PythonVersionError
 from gilclone.pool import inclone
-from gilclone.pool.clone import clone_for
 from gilclone.pool.errors import BrokenClonePool
 from gilclone.pool.worker import WorkerContext, main_module_location
+
+from gilclone.errors import GilcloneError, PythonVersionError
 
 _leased = set()  # libpython paths of clones in use by a live pool in this process
 _lease_lock = threading.Lock()

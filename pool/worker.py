@@ -14,11 +14,12 @@ import sys
 import warnings
 from typing import List, Optional
 
-from gilclone.errors import CloneLoadError
+from gilclone.cloner.capi import Py_buffer, PyBUF_WRITE
+from gilclone.cloner.load import Clone
 from gilclone.pool import inclone, sharing
-from gilclone.pool.capi import Py_buffer, PyBUF_WRITE
-from gilclone.pool.clone import Clone
 from gilclone.pool.errors import RemoteTraceback, TaskPicklingError
+
+from gilclone.errors import CloneLoadError
 
 INITIAL_BUFFER = 64 * 1024
 _HEADER = struct.Struct("<QQ")  # payload length, status (see inclone.py)

@@ -9,10 +9,11 @@ import sys
 import sysconfig
 import zipfile
 
-import gilclone
 import pytest
 import support
 from support import pythons
+
+import gilclone
 
 INSPECT_KEYS = {
     "path", "format", "machine", "name", "needed", "rpaths", "exports_count", "kind", "python_version",

@@ -21,9 +21,10 @@ import pytest
 import support
 from elftools.elf.elffile import ELFFile
 from gilclone.cloner import elf_clone, elf_writer, extensions, naming, store
-from gilclone.errors import RewriteError
 from gilclone.platforms import elf as elf_reader
 from gilclone.platforms.locate import locate
+
+from gilclone.errors import RewriteError
 
 try:
     from support.pythons import pyenv_pythons, require_enough_pythons
@@ -642,7 +643,7 @@ def test_count_below_one(tmp_path, count):
 TWO_SETS_IN_ONE_PROCESS = """
 import os, sys, threading
 from gilclone.cloner import store
-from gilclone.pool.clone import clone_for
+from gilclone.cloner.load import clone_for
 clones = []
 for root in sys.argv[1:]:
     cset = store.load_set(root)

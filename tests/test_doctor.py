@@ -12,8 +12,6 @@ import pytest
 import support
 from gilclone.cloner import doctor
 from gilclone.cloner.doctor import ERROR, INFO, WARNING, Finding
-from gilclone.errors import ToolMissingError
-from gilclone.main import main
 from gilclone.platforms.model import (
     FORMAT_ELF,
     KIND_EXTENSION,
@@ -22,6 +20,9 @@ from gilclone.platforms.model import (
     ElfFacts,
     PythonInstall,
 )
+
+from gilclone.errors import ToolMissingError
+from gilclone.main import main
 
 PYENV = "/root/.pyenv/versions"
 DEBIAN_PYTHON = "/usr/bin/python3.11"

@@ -18,7 +18,6 @@ from typing import NamedTuple, Optional, Tuple
 
 import pytest
 import support
-from gilclone.errors import BinaryFormatError
 from gilclone.platforms.binary import read_binary
 from gilclone.platforms.model import (
     FORMAT_ELF,
@@ -28,6 +27,8 @@ from gilclone.platforms.model import (
     ElfFacts,
 )
 from support import pythons
+
+from gilclone.errors import BinaryFormatError
 
 PYTHONS = pythons.pyenv_pythons()
 DEBIAN_LIBPYTHON = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"

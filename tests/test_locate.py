@@ -10,12 +10,13 @@ import sysconfig
 
 import pytest
 import support
-from gilclone.errors import GilcloneError, LocateError, PythonVersionError
 from gilclone.platforms import locate as locate_mod
 from gilclone.platforms.binary import read_binary
 from gilclone.platforms.locate import install_from_probe, locate
 from gilclone.platforms.model import KIND_LIBPYTHON
 from support import pythons
+
+from gilclone.errors import GilcloneError, LocateError, PythonVersionError
 
 PYTHONS = pythons.pyenv_pythons()
 DEBIAN_PYTHON = "/usr/bin/python3.11"

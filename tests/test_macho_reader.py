@@ -4,10 +4,11 @@ import pathlib
 import struct
 
 import pytest
-from gilclone.errors import BinaryFormatError
 from gilclone.platforms import binary, macho
 from gilclone.platforms.model import FORMAT_MACHO
 from support import macos_wheels as mw
+
+from gilclone.errors import BinaryFormatError
 
 # ---------------------------------------------------------------------------
 # Oracle parsers, on output captured from llvm-otool-14 / llvm-objdump 14.

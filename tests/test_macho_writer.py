@@ -5,9 +5,10 @@ import struct
 import pytest
 from gilclone.cloner import codesign
 from gilclone.cloner import macho_writer as w
-from gilclone.errors import RewriteError
 from gilclone.platforms import macho
 from support import macos_wheels as mw
+
+from gilclone.errors import RewriteError
 
 N_CLONES = 4
 _CACHE = {}

@@ -27,10 +27,11 @@ import pytest
 from gilclone.cloner import codesign, macho_clone, store
 from gilclone.cloner import macho_writer as w
 from gilclone.cloner.extensions import TwinFactory
-from gilclone.errors import CloneError, LocateError
 from gilclone.platforms import home_macos, macho, probe
 from gilclone.platforms.locate import install_from_probe
 from support import macos_wheels as mw
+
+from gilclone.errors import CloneError, LocateError
 
 COUNT = 4
 SHORT = "3.12"
@@ -512,7 +513,7 @@ def test_locate_rules_for_macos_facts():
 
 
 def test_load_flags_on_macos(monkeypatch):
-    from gilclone.pool import clone
+    from gilclone.cloner import load as clone
 
     monkeypatch.setattr(sys, "platform", "darwin")
     assert clone.load_flags() == os.RTLD_NOW | os.RTLD_LOCAL

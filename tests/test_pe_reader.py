@@ -14,7 +14,6 @@ from typing import Dict, NamedTuple, Tuple
 
 import pytest
 import support
-from gilclone.errors import BinaryFormatError
 from gilclone.platforms import binary, pe
 from gilclone.platforms.model import (
     FORMAT_PE,
@@ -24,6 +23,8 @@ from gilclone.platforms.model import (
     PeFacts,
 )
 from support import windows_embed
+
+from gilclone.errors import BinaryFormatError
 
 VERSIONS = windows_embed.VERSIONS
 

@@ -11,10 +11,11 @@ import subprocess
 import pytest
 import support
 from gilclone.cloner import pe_writer
-from gilclone.errors import BinaryFormatError, RewriteError
 from gilclone.platforms import pe
 from support import windows_embed
 from test_pe_reader import parse_objdump_exports, parse_readobj
+
+from gilclone.errors import BinaryFormatError, RewriteError
 
 CLONE = "pyclone00"  # same length as python3XY
 

@@ -241,8 +241,8 @@ def test_pool_inside_a_clone_is_refused(pool):
 
 
 def test_foreign_calls_per_task_are_few():
-    from gilclone.pool.capi import _PROTOTYPES
-    from gilclone.pool.clone import clone_for
+    from gilclone.cloner.capi import _PROTOTYPES
+    from gilclone.cloner.load import clone_for
 
     with ClonePool(1) as p:
         p.submit(tasks.echo, 0).result()

@@ -14,9 +14,10 @@ import threading
 from typing import Callable, Dict, Optional
 
 from gilclone.cloner import store
+from gilclone.cloner.capi import METH_O, CApi, PyMethodDef
 from gilclone.cloner.extensions import TwinFactory
+
 from gilclone.errors import CloneLoadError, CloneSetCorruptError
-from gilclone.pool.capi import METH_O, CApi, PyMethodDef
 
 _HOST_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 _BOOTSTRAP_SOURCE: Optional[str] = None
