@@ -9,7 +9,7 @@ the libraries bundled next to the original.
 
 import os
 import re
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from gilclone.cloner import elf_writer, naming
 from gilclone.cloner.builders import BuiltClone
@@ -24,15 +24,43 @@ def build_libpython(source: str, directory: str, name_id: str, index: int) -> Bu
     return BuiltClone(libpython=soname, files=(soname,), renames=((original, soname),))
 
 
-def build_twin(source: str, target: str, renames: Dict[str, str], libpython: str) -> None:
+def build_twin(
+    source: str,
+    target: str,
+    renames: Dict[str, str],
+    libpython: str,
+    libraries: Optional[Dict[str, str]] = None,
+) -> None:
+    """``libraries`` maps DT_NEEDED names of helper libraries to the clone's copies (paths)."""
+    elf_writer.apply(source, target, _bound_edits(source, renames, libpython, libraries or {}))
+
+
+def build_library(
+    source: str,
+    target: str,
+    soname: str,
+    renames: Dict[str, str],
+    libpython: Optional[str],
+    libraries: Dict[str, str],
+) -> None:
+    """A clone's copy of a helper library: its own soname, its C-API references bound to
+    the clone's libpython (``libpython`` None: it has none), its helper dependencies to
+    the clone's copies of them."""
+    edits = _bound_edits(source, renames, libpython, libraries)
+    edits.soname = soname
+    elf_writer.apply(source, target, edits)
+
+
+def _bound_edits(source, renames, libpython, libraries) -> elf_writer.ElfEdits:
     info = elf_reader.read(source)
     linked = [n for n in info.needed if (python_version_from_libname(n) or "").startswith("3")]
-    edits = elf_writer.ElfEdits(
-        replace_needed={old: renames.get(old, libpython) for old in linked},
-        add_needed=[] if linked else [libpython],
+    replace = {old: renames.get(old, libpython) for old in linked if libpython}
+    replace.update({old: new for old, new in libraries.items() if old in info.needed})
+    return elf_writer.ElfEdits(
+        replace_needed=replace,
+        add_needed=[] if linked or not libpython else [libpython],
         rpaths=tuple(resolve_origin(info.rpaths, os.path.dirname(source))),
     )
-    elf_writer.apply(source, target, edits)
 
 
 # $ORIGIN or ${ORIGIN}, but not the start of a longer name such as $ORIGINAL (ld.so's rule).

@@ -6,19 +6,23 @@ copy of each extension, with a DT_NEEDED on the clone's libpython (so a
 RTLD_DEEPBIND load finds the clone first) and its ``$ORIGIN`` run paths made
 absolute (so bundled libraries such as numpy's OpenBLAS are still found from
 the copy's new place).
+
+On ELF, the helper libraries in the twin's closure that call the C API get
+per-clone copies first (``closure.py``), and the twin names those copies.
 """
 
 import hashlib
 import os
 import threading
 import uuid
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
-from gilclone.cloner import store
+from gilclone.cloner import closure, store
 from gilclone.cloner.builders import builder_for
 from gilclone.cloner.filelock import FileLock
+from gilclone.platforms import resolve
 
-from gilclone.errors import BinaryFormatError, CloneError
+from gilclone.errors import BinaryFormatError, CloneError, GilcloneError
 
 TWIN_FILE = "twin.json"
 
@@ -41,42 +45,106 @@ class TwinFactory:
             self._known[origin] = twin
             return twin
 
+    def library_for(self, name: str) -> str:
+        """The clone's copy of the library ``name`` (a path or a bare name, as given to
+        dlopen) if it needs one (it or a dependency calls the C API), else ""."""
+        with self._lock:
+            key = "lib\0" + name
+            if key not in self._known:
+                self._known[key] = self._library_for(name)
+            return self._known[key]
+
+    def _library_for(self, name: str) -> str:
+        if self.record.binary_format != "ELF":
+            return ""
+        path = name if "/" in name else _search(name, _PROBE)
+        facts = _PROBE(path) if path else None
+        if facts is None:
+            return ""  # let dlopen report what it cannot find
+        plan = self._plan(path)
+        if not facts.uses_python_api and not plan.libraries:
+            return ""
+        copy = closure.plan_library(plan, self.record, facts)
+        self._make_copies(plan.copies + (copy,))
+        return copy.path
+
     def _twin_for(self, source: str) -> str:
         base = os.path.basename(source)
         key = f"{base}-{hashlib.sha1(source.encode()).hexdigest()[:10]}"
         twin_dir = os.path.join(self.record.ext_dir, key)
         twin = os.path.join(twin_dir, base)
-        if _is_current(twin_dir, twin, source):
+        libraries: Dict[str, str] = {}
+        if self.record.binary_format == "ELF":
+            plan = self._plan(source)
+            self._make_copies(plan.copies)
+            libraries = dict(plan.libraries)
+        meta = os.path.join(twin_dir, TWIN_FILE)
+        if _is_current(meta, twin, source, {"libraries": libraries}):
             return twin
         os.makedirs(self.record.ext_dir, exist_ok=True)
         with FileLock(os.path.join(self.record.ext_dir, ".lock")):
-            if _is_current(twin_dir, twin, source):
+            if _is_current(meta, twin, source, {"libraries": libraries}):
                 return twin
-            self._build(source, twin_dir, base)
+            self._build(source, twin_dir, base, libraries)
         return twin
 
-    def _build(self, source: str, twin_dir: str, base: str) -> None:
+    # -- helper libraries ----------------------------------------------------
+
+    def _plan(self, source: str) -> closure.ClosurePlan:
+        chain = tuple(f for f in (_PROBE(self.record.libpython), _PROBE(_executable())) if f)
+        plan = closure.plan(source, self.record, resolve.system_config(), _PROBE, chain)
+        problem = closure.refusal(plan, _PROBE)
+        if problem:
+            raise CloneError(problem)
+        return plan
+
+    def _make_copies(self, copies: Tuple[closure.LibraryCopy, ...]) -> None:
+        for copy in copies:
+            expect = {"libraries": dict(copy.libraries)}
+            meta = copy.path + ".json"
+            if _is_current(meta, copy.path, copy.source, expect):
+                continue
+            os.makedirs(os.path.dirname(copy.path), exist_ok=True)
+            with FileLock(os.path.join(os.path.dirname(copy.path), ".lock")):
+                if not _is_current(meta, copy.path, copy.source, expect):
+                    self._build_library(copy, meta)
+
+    def _build_library(self, copy: closure.LibraryCopy, meta: str) -> None:
+        from gilclone.cloner import elf_clone
+
+        tmp = f"{copy.path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            try:
+                elf_clone.build_library(
+                    copy.source,
+                    tmp,
+                    copy.soname,
+                    self.record.rename_map,
+                    self.record.soname if copy.uses_python_api else None,
+                    dict(copy.libraries),
+                )
+            except GilcloneError as exc:
+                raise CloneError(f"cannot copy helper library {copy.source}: {exc}") from None
+            os.replace(tmp, copy.path)
+            store.write_json_atomic(meta, _record(copy.source, copy.path, {"libraries": dict(copy.libraries)}))
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    # -- twins ---------------------------------------------------------------
+
+    def _build(self, source: str, twin_dir: str, base: str, libraries: Dict[str, str]) -> None:
         builder = builder_for(self.record.binary_format)
         tmp = os.path.join(self.record.ext_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.makedirs(tmp)
         target = os.path.join(tmp, base)
+        extra = {"libraries": libraries} if libraries else {}
         try:
             try:
-                builder.build_twin(source, target, self.record.rename_map, self.record.soname)
+                builder.build_twin(source, target, self.record.rename_map, self.record.soname, **extra)
             except BinaryFormatError as exc:
                 raise CloneError(f"cannot copy extension module: {exc}") from None
-            src_stat = os.stat(source)
-            tgt_stat = os.stat(target)
-            store.write_json_atomic(
-                os.path.join(tmp, TWIN_FILE),
-                {
-                    "source": source,
-                    "source_size": src_stat.st_size,
-                    "source_mtime_ns": src_stat.st_mtime_ns,
-                    "sha256": store.sha256_file(target),
-                    "stamp": [tgt_stat.st_size, tgt_stat.st_mtime_ns, tgt_stat.st_ctime_ns, tgt_stat.st_ino],
-                },
-            )
+            store.write_json_atomic(os.path.join(tmp, TWIN_FILE), _record(source, target, {"libraries": libraries}))
             store.discard(twin_dir)
             os.rename(tmp, twin_dir)
         finally:
@@ -84,10 +152,41 @@ class TwinFactory:
                 store.discard(tmp)
 
 
-def _is_current(twin_dir: str, twin: str, source: str) -> bool:
-    """The twin exists, was made from the source as it is now, and is unaltered."""
+_PROBE = resolve.file_probe()
+
+
+def _executable() -> str:
+    return os.path.realpath("/proc/self/exe") if os.path.exists("/proc/self/exe") else ""
+
+
+def _search(name: str, probe: resolve.Probe) -> Optional[str]:
+    """Where dlopen(name) would look (LD_LIBRARY_PATH, cache, default directories)."""
+    exe = probe(_executable()) if _executable() else None
+    if exe is None:
+        return None
+    found, _ = resolve.resolve_needed(name, exe, (), resolve.system_config(), probe)
+    return found.path if found else None
+
+
+def _record(source: str, target: str, extra: dict) -> dict:
+    """What twin.json (and a library copy's .json) says: where it came from, its hash."""
+    src_stat = os.stat(source)
+    tgt_stat = os.stat(target)
+    return {
+        "source": source,
+        "source_size": src_stat.st_size,
+        "source_mtime_ns": src_stat.st_mtime_ns,
+        "sha256": store.sha256_file(target),
+        "stamp": [tgt_stat.st_size, tgt_stat.st_mtime_ns, tgt_stat.st_ctime_ns, tgt_stat.st_ino],
+        **extra,
+    }
+
+
+def _is_current(meta_path: str, twin: str, source: str, expect: Optional[dict] = None) -> bool:
+    """The copy exists, was made from the source as it is now (with the ``expect``ed
+    fields: which helper-library copies it names), and is unaltered."""
     try:
-        meta = store.read_json(os.path.join(twin_dir, TWIN_FILE))
+        meta = store.read_json(meta_path)
         src = os.stat(source)
         tgt = os.stat(twin)
     except (OSError, ValueError):
@@ -95,6 +194,8 @@ def _is_current(twin_dir: str, twin: str, source: str) -> bool:
     if meta.get("source") != source or meta.get("source_size") != src.st_size:
         return False
     if meta.get("source_mtime_ns") != src.st_mtime_ns:
+        return False
+    if any(meta.get(k, {}) != v for k, v in (expect or {}).items()):
         return False
     stamp = [tgt.st_size, tgt.st_mtime_ns, tgt.st_ctime_ns, tgt.st_ino]
     if tgt.st_ino and meta.get("stamp") == stamp:  # no inode number: trust only the hash

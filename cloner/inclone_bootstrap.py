@@ -86,9 +86,68 @@ def _install(config):
     sys._gilclone_twins = twins
     sys._gilclone_index = config["index"]
 
+    _install_ctypes_hook(config)
     sys.argv[:] = config["argv"]
     if config["site"]:
         import site
 
         site.main()
     sys.path[:] = config["sys_path"]
+
+
+def _install_ctypes_hook(config):
+    """Make ctypes load this clone's libraries: ``CDLL``/``PyDLL``/``LoadLibrary`` of a
+    library that uses the C API (or depends on one that does) open the clone's copy of
+    it, bound to the clone with RTLD_DEEPBIND, and ``ctypes.pythonapi`` is the clone's
+    own libpython instead of the global scope (the host's). ctypes is patched right
+    after it is first imported, so clones that never use it pay nothing."""
+    import sys
+    from _frozen_importlib_external import PathFinder
+
+    flags = config["dlopen_flags"]
+    libpython = config.get("libpython")
+    if flags is None or not libpython:
+        return  # Linux only: elsewhere ctypes already loads by path
+    host = sys._gilclone_host
+
+    def patch(ctypes):
+        import os
+
+        original_init = ctypes.CDLL.__init__
+
+        def __init__(self, name, mode=ctypes.DEFAULT_MODE, handle=None, *args, **kwargs):
+            if handle is not None:
+                pass  # wraps a handle the caller already has
+            elif name is None and self._func_flags_ & ctypes._FUNCFLAG_PYTHONAPI:
+                name, mode = libpython, mode | flags  # PyDLL(None): the C API of this clone
+            elif isinstance(name, (str, bytes, os.PathLike)) and os.fspath(name):
+                wanted = os.fsdecode(name)
+                try:
+                    copy = host("lib\0" + wanted)
+                except RuntimeError as exc:
+                    raise OSError(f"gilclone could not prepare this clone's copy of {wanted}: {exc}") from None
+                if copy:
+                    name, mode = copy, mode | flags
+            original_init(self, name, mode, handle, *args, **kwargs)
+
+        ctypes.CDLL.__init__ = __init__
+        ctypes.pythonapi = ctypes.PyDLL(None)
+
+    class CtypesHook:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name != "ctypes":
+                return None
+            spec = PathFinder.find_spec(name, path)
+            if spec is None or spec.loader is None:
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def exec_and_patch(module):
+                exec_module(module)
+                patch(module)
+
+            spec.loader.exec_module = exec_and_patch
+            return spec
+
+    sys.meta_path.insert(0, CtypesHook)

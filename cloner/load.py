@@ -49,7 +49,10 @@ class Clone:
         self.python = python_for_host(python)
         self.twins = TwinFactory(record)
         self.api: Optional[CApi] = None
-        self.handlers: Dict[str, Callable[[str], str]] = {"twin": self.twins.twin_for}
+        self.handlers: Dict[str, Callable[[str], str]] = {
+            "twin": self.twins.twin_for,
+            "lib": self.twins.library_for,  # ctypes loads by path (inclone_ctypes.py)
+        }
         self._lock = threading.Lock()
         self._callback = _HOST_CALLBACK(self._host_call)  # kept alive with the clone
         self._method = PyMethodDef(b"_gilclone_host", ctypes.cast(self._callback, ctypes.c_void_p), METH_O, None)
@@ -115,6 +118,7 @@ class Clone:
         api.Py_DecRef(fn)
         config = {
             "index": self.record.index,
+            "libpython": self.record.libpython,  # ctypes.pythonapi in the clone
             "dlopen_flags": load_flags() if sys.platform.startswith("linux") else None,
             "sys_path": list(sys_path if sys_path is not None else self.python["sys_path"]),
             "argv": list(argv if argv is not None else [""]),

@@ -29,3 +29,15 @@ def clone_soname(original: str, set_id: str, index: int) -> str:
     room = len(original) - len(PREFIX) - len(SUFFIX) - 2
     take = max(room, MIN_SET_ID_CHARS)
     return f"{PREFIX}{set_id[:take]}{index_token(index)}{SUFFIX}"
+
+
+def library_soname(original: str, key: str, index: int) -> str:
+    """A name as long as ``original`` for clone ``index``'s copy of a helper library.
+
+    ``key`` (lowercase base-36 or hex) is unique to the library and the clone set,
+    so two libraries, two clones or two sets never share a name in one process; the
+    ``lib`` prefix without ``gc`` keeps it apart from libpython copies' names.
+    """
+    room = len(original) - len("lib") - len(SUFFIX) - 2
+    take = max(room, MIN_SET_ID_CHARS + 4)
+    return f"lib{key[:take]}{index_token(index)}{SUFFIX}"

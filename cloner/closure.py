@@ -1,0 +1,186 @@
+"""Per-clone copies of the helper libraries in an extension module's closure (ELF).
+
+An extension twin is bound to its clone, but the shared libraries it loads are
+found by name and loaded once per process. One that calls the C API itself
+(pyarrow's ``libarrow_python``, pybind11 helpers) would bind its ``Py*``
+references to the host's libpython. So, when a twin is made, its closure is
+resolved as ld.so would (``platforms.resolve``); every library in it that
+references the C API, and every library that depends on one that does, gets a
+copy in ``<clone>/lib/`` with its own same-length soname, bound to the clone's
+libpython, and every copy that names it (twin or library) names the copy by
+path. Libraries without Python references (libarrow, OpenBLAS, libstdc++) stay
+shared.
+"""
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Set, Tuple
+
+from gilclone.cloner import naming, store
+from gilclone.platforms import resolve
+from gilclone.platforms.classify import python_version_from_libname
+from gilclone.platforms.elf_deps import DynamicFacts
+
+from gilclone.errors import CloneError
+
+LIB_DIR = "lib"
+
+
+@dataclass(frozen=True)
+class LibraryCopy:
+    """One library of a closure that a clone gets its own copy of."""
+
+    source: str  # real path of the original
+    path: str  # the copy, inside the clone's lib directory
+    soname: str  # the copy's soname (also its file name)
+    uses_python_api: bool
+    libraries: Tuple[Tuple[str, str], ...]  # its DT_NEEDED names -> copies' paths
+
+
+@dataclass(frozen=True)
+class ClosurePlan:
+    """What a root object (twin or library loaded by path) needs copied."""
+
+    root: str
+    libraries: Tuple[Tuple[str, str], ...]  # the root's DT_NEEDED names -> copies' paths
+    copies: Tuple[LibraryCopy, ...]
+
+
+def is_libpython(name: str) -> bool:
+    return (python_version_from_libname(name) or "").startswith("3")
+
+
+def copied_objects(closure: resolve.Closure) -> Set[str]:
+    """Paths of the closure's libraries (not the root) that need per-clone copies: the
+    C-API users and, transitively, whatever depends on one of them."""
+    root = closure.objects[0].path
+    chosen = {o.path for o in closure.objects[1:] if o.uses_python_api}
+    grew = True
+    while grew:
+        grew = False
+        for edge in closure.edges:
+            if edge.loader != root and edge.path in chosen and edge.loader not in chosen:
+                chosen.add(edge.loader)
+                grew = True
+    return chosen
+
+
+def plan(
+    source: str,
+    record: store.CloneRecord,
+    config: resolve.LoaderConfig,
+    probe: resolve.Probe,
+    chain: Tuple[DynamicFacts, ...] = (),
+) -> ClosurePlan:
+    """The copies the clone of ``record`` needs for ``source`` (pure given probe and config)."""
+    root = probe(source)
+    if root is None:
+        raise CloneError(f"{source}: not a readable ELF object")
+    closure = resolve.resolve_closure(root, config, probe, chain=chain, skip=is_libpython)
+    chosen = copied_objects(closure)
+    copies: Dict[str, LibraryCopy] = {}
+    names: Dict[str, str] = {}  # original path -> the copy's path
+    for obj in closure.objects[1:]:
+        if obj.path in chosen:
+            names[obj.path] = _copy_path(record, obj)
+
+    def renames(path: str) -> Tuple[Tuple[str, str], ...]:
+        return tuple((e.name, names[e.path]) for e in closure.edges if e.loader == path and e.path in names)
+
+    for obj in closure.objects[1:]:
+        if obj.path in chosen:
+            copy = names[obj.path]
+            copies[obj.path] = LibraryCopy(
+                source=os.path.realpath(obj.path),
+                path=copy,
+                soname=os.path.basename(copy),
+                uses_python_api=obj.uses_python_api,
+                libraries=renames(obj.path),
+            )
+    return ClosurePlan(root=root.path, libraries=renames(root.path), copies=tuple(copies.values()))
+
+
+def plan_library(plan_: ClosurePlan, record: store.CloneRecord, root: DynamicFacts) -> LibraryCopy:
+    """The copy of the plan's root itself, for a library loaded by path (ctypes)."""
+    path = _copy_path(record, root)
+    return LibraryCopy(
+        source=os.path.realpath(root.path),
+        path=path,
+        soname=os.path.basename(path),
+        uses_python_api=root.uses_python_api,
+        libraries=plan_.libraries,
+    )
+
+
+def _copy_path(record: store.CloneRecord, obj: DynamicFacts) -> str:
+    real = os.path.realpath(obj.path)
+    key = hashlib.sha256(f"{record.directory}\0{real}".encode()).hexdigest()
+    name = naming.library_soname(obj.soname or os.path.basename(obj.path), key, record.index)
+    return os.path.join(record.directory, LIB_DIR, name)
+
+
+# ---------------------------------------------------------------------------
+# What cannot be copied: a library already in this process's global scope
+
+
+def refusal(plan_: ClosurePlan, probe: resolve.Probe) -> Optional[str]:
+    """Why the plan cannot be carried out safely in this process, or None."""
+    for copy in plan_.copies:
+        facts = probe(copy.source)
+        if facts is not None and in_global_scope(facts):
+            return (
+                f"{copy.source} cannot be given a per-clone copy: this process already loaded "
+                "it into its global symbol scope (RTLD_GLOBAL, LD_PRELOAD or the executable's "
+                "own dependencies), so libraries that look it up there would reach the host's "
+                "copy from the clone. Load it without RTLD_GLOBAL in the host, or import this "
+                "module in the host only"
+            )
+    return None
+
+
+def in_global_scope(facts: DynamicFacts) -> bool:
+    """True if a symbol ``facts`` defines resolves, through the global scope, into that file."""
+    libc = _libc()
+    if libc is None or not facts.defines:
+        return False
+    real = os.path.realpath(facts.path)
+    for name in facts.defines:
+        address = libc.dlsym(None, name.encode())  # None: RTLD_DEFAULT, the global scope
+        if address and _file_of(libc, address) == real:
+            return True
+    return False
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [
+        ("dli_fname", ctypes.c_char_p),
+        ("dli_fbase", ctypes.c_void_p),
+        ("dli_sname", ctypes.c_char_p),
+        ("dli_saddr", ctypes.c_void_p),
+    ]
+
+
+_LIBC: List[object] = []
+
+
+def _libc():
+    if not _LIBC:
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            lib.dlsym.restype = ctypes.c_void_p
+            lib.dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            lib.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+        except (OSError, AttributeError):
+            lib = None
+        _LIBC.append(lib)
+    return _LIBC[0]
+
+
+def _file_of(libc, address: int) -> Optional[str]:
+    info = _DlInfo()
+    if not libc.dladdr(ctypes.c_void_p(address), ctypes.byref(info)) or not info.dli_fname:
+        return None
+    return os.path.realpath(os.fsdecode(info.dli_fname))

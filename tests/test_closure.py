@@ -1,0 +1,152 @@
+"""Clones copy the helper libraries that call the C API (issue #10).
+
+Everything that could crash runs in a child process with a timeout: before this
+work, pyarrow in a clone ended the process with SIGSEGV.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from gilclone.cloner import closure
+from gilclone.platforms import resolve
+from gilclone.platforms.elf_deps import DynamicFacts
+from support import arrow_env, cbuild
+
+TIMEOUT_S = 600
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF clones run on Linux")
+
+HELPER_C = r"""
+#include <Python.h>
+static PyObject *state;                       /* one per copy of this library */
+PyObject *helper_get(void) { if (!state) state = PyLong_FromLong(0); Py_INCREF(state); return state; }
+void helper_set(long v) { Py_XDECREF(state); state = PyLong_FromLong(v); }
+long helper_is_initialized(void) { return Py_IsInitialized(); }
+"""
+
+EXT_C = r"""
+#include <Python.h>
+PyObject *helper_get(void); void helper_set(long v);
+static PyObject *get(PyObject *m, PyObject *a) { return helper_get(); }
+static PyObject *set(PyObject *m, PyObject *a) { helper_set(PyLong_AsLong(a)); Py_RETURN_NONE; }
+static PyMethodDef methods[] = {{"get", get, METH_NOARGS, 0}, {"set", set, METH_O, 0}, {0}};
+static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "stateext", 0, -1, methods};
+PyMODINIT_FUNC PyInit_stateext(void) { return PyModule_Create(&def); }
+"""
+
+
+@pytest.fixture(scope="module")
+def helper(tmp_path_factory):
+    """An extension module ``stateext`` linked to ``libpyhelper.so``, which keeps a static
+    PyObject* and calls PyLong_FromLong: a C-API library that is not an extension."""
+    d = tmp_path_factory.mktemp("helper")
+    cbuild.shared(d / "libpyhelper.so", HELPER_C, python=True)
+    suffix = ".cpython-%d%d-x86_64-linux-gnu.so" % sys.version_info[:2]
+    import sysconfig
+
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or suffix
+    cbuild.shared(d / f"stateext{suffix}", EXT_C, python=True,
+                  libs=["-L", str(d), "-lpyhelper", "-Wl,-rpath,$ORIGIN"])
+    return d
+
+
+def run_child(script: str, *args, env=None):
+    """Run ``script`` in a fresh interpreter; (exit status, stdout, stderr)."""
+    environ = dict(os.environ, PYTHONFAULTHANDLER="1", **(env or {}))
+    path = os.path.join(os.path.dirname(__file__), "closure_scenario.py")
+    try:
+        done = subprocess.run(
+            [sys.executable, path, script, *map(str, args)],
+            capture_output=True, text=True, timeout=TIMEOUT_S, env=environ,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{script} hung for {TIMEOUT_S} s: {exc.stderr}")
+    return done.returncode, done.stdout, done.stderr
+
+
+def results(script, *args, env=None):
+    rc, out, err = run_child(script, *args, env=env)
+    assert rc == 0, f"{script} ended with status {rc}:\n{err[-4000:]}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- the plan, from ELF facts alone ---------------------------------------------------
+
+
+def facts(path, needed=(), refs=0, soname=None):
+    return DynamicFacts(path, soname, tuple(needed), ("/d",), None, False, 64, "EM_X86_64", refs, False)
+
+
+def test_copied_are_c_api_users_and_whatever_depends_on_them():
+    objs = {
+        "/d/ext.so": facts("/d/ext.so", ["libwrap.so", "libplain.so", "libpython3.11.so.1.0"], refs=50),
+        "/d/libwrap.so": facts("/d/libwrap.so", ["libpyhelp.so", "libplain.so"]),
+        "/d/libpyhelp.so": facts("/d/libpyhelp.so", ["libplain.so", "libstdc++.so.6"], refs=12),
+        "/d/libplain.so": facts("/d/libplain.so", ["libstdc++.so.6"]),
+        "/d/libstdc++.so.6": facts("/d/libstdc++.so.6"),
+    }
+    from gilclone.cloner import store
+
+    record = store.CloneRecord(index=3, directory="/cache/set/clone-03", soname="libgcabcd03.so")
+    plan = closure.plan("/d/ext.so", record, resolve.LoaderConfig(), objs.get)
+    copies = {os.path.basename(c.source): c for c in plan.copies}
+    assert sorted(copies) == ["libpyhelp.so", "libwrap.so"]  # libplain, libstdc++ and libpython: shared
+    assert dict(plan.libraries) == {"libwrap.so": copies["libwrap.so"].path}
+    assert dict(copies["libwrap.so"].libraries) == {"libpyhelp.so": copies["libpyhelp.so"].path}
+    assert copies["libpyhelp.so"].uses_python_api and not copies["libwrap.so"].uses_python_api
+    for c in copies.values():
+        assert c.path.startswith("/cache/set/clone-03/lib/") and c.soname.endswith("03.so")
+    name = os.path.basename(copies["libpyhelp.so"].path)
+    assert len(name) == len("libpyhelp.so") or len(name) == len("lib") + 8 + 2 + 3
+
+
+# -- a helper library built here -------------------------------------------------------
+
+
+def test_helper_library_state_is_per_clone_and_the_host_keeps_its_own(helper):
+    out = results("helper_state", helper)
+    assert out["host_before"] == 0 and out["host_after"] == 100
+    assert sorted(out["clones"]) == [[0, 1], [1, 2]]  # each clone saw only its own value
+    assert len(set(out["copies"])) == 2 and not set(out["copies"]) & {out["original"]}
+
+
+def test_ctypes_in_a_clone_loads_its_copy_and_pythonapi_is_the_clone_libpython(helper):
+    out = results("ctypes_api", helper)
+    host_lib, clone_libs = out["host_pythonapi"], out["clone_pythonapi"]
+    assert len(set(clone_libs)) == 2 and host_lib not in clone_libs
+    assert all(os.path.basename(p).startswith("libgc") for p in clone_libs)
+    assert all(p != out["original"] and "/lib/" in p for p in out["cdll_files"])
+    assert out["cdll_initialized"] == [1, 1]
+
+
+def test_a_library_in_the_host_global_scope_is_refused_with_import_error(helper):
+    out = results("refused", helper)
+    assert "ImportError" in out["error"] and "libpyhelper.so" in out["error"]
+    assert "global" in out["error"]
+    assert out["alive"] == 42
+
+
+# -- pandas and pyarrow ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def arrow_site():
+    return arrow_env.site_dir()
+
+
+@pytest.mark.slow
+def test_pyarrow_in_two_clones_gives_the_host_answers_each_with_its_libarrow_python(arrow_site, tmp_path):
+    out = results("pyarrow", arrow_site, tmp_path)
+    assert out["clones"] == [out["host"], out["host"]]
+    copies = out["maps"]
+    assert len(copies) == 2 and len(set(copies)) == 2
+    assert all("libarrow_python" not in os.path.basename(p) for p in copies)  # renamed copies
+
+
+@pytest.mark.slow
+def test_pandas_with_pyarrow_in_two_clones(arrow_site):
+    out = results("pandas", arrow_site)
+    assert out["clones"] == [out["host"], out["host"]]
+    print("first import of pandas in a clone: %.2f s" % out["first_import_s"])
