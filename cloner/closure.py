@@ -8,12 +8,22 @@ resolved as ld.so would (``platforms.resolve``); every library in it that
 references the C API, and every library that depends on one that does, gets a
 copy in ``<clone>/lib/`` with its own same-length soname, bound to the clone's
 libpython, and every copy that names it (twin or library) names the copy by
-path. Libraries without Python references (libarrow, OpenBLAS, libstdc++) stay
-shared.
+path.
+
+Libraries without Python references stay shared (OpenBLAS, libstdc++), with one
+exception: the libraries a C-API helper library loads from its own directory
+(its "companions": libarrow, libarrow_compute, libparquet beside
+libarrow_python). Python-side code registers Python objects in their
+process-wide registries (pandas registers Arrow extension types, pyarrow
+compute functions); shared, a second clone got "A type extension with name
+pandas.period already defined" and ran the first clone's functions. Whether a
+library is a companion depends only on its directory, so every twin of a clone
+agrees on it, whatever was imported first.
 """
 
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -53,11 +63,11 @@ def is_libpython(name: str) -> bool:
     return (python_version_from_libname(name) or "").startswith("3")
 
 
-def copied_objects(closure: resolve.Closure) -> Set[str]:
+def copied_objects(closure: resolve.Closure, companions=lambda path: False) -> Set[str]:
     """Paths of the closure's libraries (not the root) that need per-clone copies: the
-    C-API users and, transitively, whatever depends on one of them."""
+    C-API users, the companions, and, transitively, whatever depends on one of them."""
     root = closure.objects[0].path
-    chosen = {o.path for o in closure.objects[1:] if o.uses_python_api}
+    chosen = {o.path for o in closure.objects[1:] if o.uses_python_api or companions(o.path)}
     grew = True
     while grew:
         grew = False
@@ -80,7 +90,7 @@ def plan(
     if root is None:
         raise CloneError(f"{source}: not a readable ELF object")
     closure = resolve.resolve_closure(root, config, probe, chain=chain, skip=is_libpython)
-    chosen = copied_objects(closure)
+    chosen = copied_objects(closure, lambda path: is_companion(path, config, probe))
     copies: Dict[str, LibraryCopy] = {}
     names: Dict[str, str] = {}  # original path -> the copy's path
     for obj in closure.objects[1:]:
@@ -101,6 +111,36 @@ def plan(
                 libraries=renames(obj.path),
             )
     return ClosurePlan(root=root.path, libraries=renames(root.path), copies=tuple(copies.values()))
+
+
+def is_companion(path: str, config: resolve.LoaderConfig, probe: resolve.Probe) -> bool:
+    """True if a C-API helper library in the same directory loads ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    return os.path.realpath(path) in _companions(directory, config, probe)
+
+
+@functools.lru_cache(maxsize=256)
+def _companions(directory: str, config: resolve.LoaderConfig, probe: resolve.Probe) -> frozenset:
+    found, seen = set(), set()
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return frozenset()
+    for name in names:
+        real = os.path.realpath(os.path.join(directory, name))
+        if ".so" not in name or real in seen:
+            continue
+        seen.add(real)
+        helper = probe(os.path.join(directory, name))
+        if helper is None or not helper.uses_python_api or helper.python_init or is_libpython(name):
+            continue
+        closure = resolve.resolve_closure(helper, config, probe, skip=is_libpython)
+        found.update(
+            os.path.realpath(o.path)
+            for o in closure.objects[1:]
+            if os.path.dirname(os.path.abspath(o.path)) == directory
+        )
+    return frozenset(found)
 
 
 def plan_library(plan_: ClosurePlan, record: store.CloneRecord, root: DynamicFacts) -> LibraryCopy:

@@ -195,9 +195,63 @@ def pandas(site):
     sys.path.insert(0, site)
     with ClonePool(2) as pool:
         seen = wait_for_both(pool, pandas_work)
+        memory = copies_resident()
     host = pandas_work(0)
     return {"host": host, "clones": [v[0] for v in seen.values()],
-            "first_import_s": max(v[1] for v in seen.values())}
+            "first_import_s": max(v[1] for v in seen.values()), "resident": memory}
+
+
+def copies_resident():
+    """{clone directory: [KiB resident of its helper-library copies, of its twins]}."""
+    out, current = {}, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 6:
+                path = fields[-1]
+                current = None
+                for kind, marker in ((0, "/lib/"), (1, "/ext/")):
+                    if "/clone-" in path and marker in path:
+                        current = (path.split(marker)[0], kind)
+            elif fields[0] == "Rss:" and current:
+                out.setdefault(current[0], [0, 0])[current[1]] += int(fields[1])
+    return out
+
+
+# -- registries in shared libraries ----------------------------------------------------------
+
+
+def registry_work(directory):
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from pandas.core.arrays.arrow import extension_types  # noqa: F401  registers pandas.period
+
+    time.sleep(0.05)
+    index = clone_index()
+    factor = index + 2
+
+    def scale(ctx, x):
+        return pc.multiply(x, factor)
+
+    if "gc_scale" not in pc.list_functions():  # once per clone (shared: once per process)
+        pc.register_scalar_function(scale, "gc_scale", {"summary": "", "description": ""},
+                                    {"x": pa.int64()}, pa.int64())
+    path = os.path.join(directory, f"period{index}.parquet")
+    pq.write_table(pa.table({"p": pa.array(pd.period_range("2020-01", periods=3, freq="M"))}), path)
+    back = pq.read_table(path).to_pandas()["p"]
+    called = pc.call_function("gc_scale", [pa.array([1, 2, 3])]).to_pylist()
+    return index, [str(back.dtype), [str(p) for p in back], called]
+
+
+def registries(site, directory):
+    sys.path.insert(0, site)
+    from pandas.core.arrays.arrow import extension_types  # noqa: F401  the host registers too
+
+    with ClonePool(2) as pool:
+        seen = wait_for_both(pool, registry_work, directory)
+    return {"clones": {str(k): v for k, v in seen.items()}}
 
 
 if __name__ == "__main__":

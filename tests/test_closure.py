@@ -150,3 +150,15 @@ def test_pandas_with_pyarrow_in_two_clones(arrow_site):
     out = results("pandas", arrow_site)
     assert out["clones"] == [out["host"], out["host"]]
     print("first import of pandas in a clone: %.2f s" % out["first_import_s"])
+    print("resident KiB of [library copies, twins] per clone:", out["resident"])
+
+
+@pytest.mark.slow
+def test_arrow_registries_are_per_clone(arrow_site, tmp_path):
+    """pandas registers its Arrow extension types and pyarrow its compute functions in
+    libarrow's process-wide registries; shared, the second clone got ArrowKeyError
+    ("pandas.period already defined") and ran the first clone's functions."""
+    out = results("registries", arrow_site, tmp_path)
+    for index, (dtype, periods, called) in out["clones"].items():
+        assert dtype == "period[M]" and periods == ["2020-01", "2020-02", "2020-03"]
+        assert called == [(int(index) + 2) * i for i in (1, 2, 3)]  # its own function
