@@ -245,25 +245,45 @@ def ext_links_libpython_findings(extensions: Sequence[BinaryInfo]) -> List[Findi
     ]
 
 
-def python_api_library_findings(libraries: Sequence[PythonApiLibrary]) -> List[Finding]:
+def python_api_library_findings(
+    libraries: Sequence[PythonApiLibrary], global_scope: Sequence[str] = ()
+) -> List[Finding]:
+    """Helper libraries that call the C API: handled (each clone copies them, see
+    cloner/closure.py), except those in every process's global scope (``global_scope``:
+    LD_PRELOAD and /etc/ld.so.preload entries), which a clone refuses to import."""
     if not libraries:
         return []
-    listed = [f"{lib.path} ({lib.symbols} Py* symbols)" for lib in libraries]
-    packages = sorted({lib.package for lib in libraries})
-    return [
-        Finding(
+    names = {os.path.basename(g) for g in global_scope} | {os.path.realpath(g) for g in global_scope}
+    refused = [lib for lib in libraries if os.path.basename(lib.path) in names or os.path.realpath(lib.path) in names]
+    handled = [lib for lib in libraries if lib not in refused]
+    findings = []
+    if handled:
+        counts: Dict[str, int] = {}
+        for lib in handled:
+            counts[lib.package] = counts.get(lib.package, 0) + 1
+        per_package = ", ".join(f"{p}: {n}" for p, n in sorted(counts.items()))
+        listed = [f"{lib.path} ({lib.symbols} Py* symbols)" for lib in handled]
+        findings.append(Finding(
             "lib-uses-python-api",
-            WARNING,
-            f"{len(libraries)} shared librar{'y' if len(libraries) == 1 else 'ies'} that are not "
-            f"extension modules use the Python C API: {_listed(listed)}",
-            "gilclone copies extension modules only. These helper libraries (pybind11 helpers, "
-            "libtorch_python, ...) are loaded once for the whole process and their Py* "
-            "references bind to the host's libpython, so a clone calling them runs "
-            "host-interpreter code under the clone's GIL.",
-            "Not supported yet: do not import " + ", ".join(packages[:LIST_MAX])
-            + " inside clones",
-        )
-    ]
+            INFO,
+            f"{len(handled)} shared librar{'y' if len(handled) == 1 else 'ies'} that are not "
+            f"extension modules use the Python C API ({per_package}): {_listed(listed)}",
+            "Handled: when a clone imports an extension module that loads one of them, the "
+            "clone gets its own copy of it (and of the libraries it loads from its own "
+            "directory, whose registries Python code fills), bound to the clone's libpython.",
+            "",
+        ))
+    if refused:
+        findings.append(Finding(
+            "lib-python-api-global",
+            ERROR,
+            f"{len(refused)} C-API librar{'y is' if len(refused) == 1 else 'ies are'} preloaded into "
+            f"every process's global scope: {_listed([lib.path for lib in refused])}",
+            "A library in the global scope cannot get a per-clone copy safely: lookups there "
+            "reach the host's. Importing a module that loads it in a clone raises ImportError.",
+            "Remove it from LD_PRELOAD and /etc/ld.so.preload, or import its package in the host only",
+        ))
+    return findings
 
 
 def origin_rpath_findings(extensions: Sequence[BinaryInfo]) -> List[Finding]:
@@ -612,7 +632,8 @@ def _linux_checks(ctx: _Context) -> List[Finding]:
         findings += static_tls_findings(ctx.libpython)
     scan = scan_extension_dirs(ctx.install.extension_dirs, ctx.install.extension_suffix)
     findings += ext_links_libpython_findings(scan.extensions)
-    findings += python_api_library_findings(scan.python_api_libraries)
+    preloaded = [obj for obj, _ in preloaded_objects(ctx.environ, _read_text("/etc/ld.so.preload"))]
+    findings += python_api_library_findings(scan.python_api_libraries, preloaded)
     findings += origin_rpath_findings(scan.extensions)
     findings += scan_capped_findings(scan)
     findings += preload_findings(preloaded_objects(ctx.environ, _read_text("/etc/ld.so.preload")))

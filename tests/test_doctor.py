@@ -171,13 +171,26 @@ def test_extensions_linking_libpython_listed_up_to_five_with_count():
     assert doctor.ext_links_libpython_findings(exts[-1:]) == []
 
 
-def test_python_api_libraries_are_a_warning():
-    libs = [doctor.PythonApiLibrary("/sp/torch/lib/libtorch_python.so", "torch", 812)]
+def test_python_api_libraries_are_handled_and_counted_per_package():
+    libs = [
+        doctor.PythonApiLibrary("/sp/torch/lib/libtorch_python.so", "torch", 812),
+        doctor.PythonApiLibrary("/sp/pyarrow/libarrow_python.so.2600", "pyarrow", 128),
+        doctor.PythonApiLibrary("/sp/pyarrow/libarrow_python_flight.so.2600", "pyarrow", 8),
+    ]
     f = only(doctor.python_api_library_findings(libs))
-    assert (f.code, f.severity) == ("lib-uses-python-api", WARNING)
-    assert "libtorch_python.so (812 Py* symbols)" in f.seen
-    assert f.fix.startswith("Not supported yet") and "torch" in f.fix
+    assert (f.code, f.severity) == ("lib-uses-python-api", INFO)
+    assert "(pyarrow: 2, torch: 1)" in f.seen and "libtorch_python.so (812 Py* symbols)" in f.seen
+    assert f.why.startswith("Handled") and f.fix == ""
     assert doctor.python_api_library_findings([]) == []
+
+
+def test_preloaded_python_api_library_is_an_error():
+    libs = [doctor.PythonApiLibrary("/sp/pkg/libhelp.so", "pkg", 5),
+            doctor.PythonApiLibrary("/sp/other/libok.so", "other", 3)]
+    found = doctor.python_api_library_findings(libs, ["libhelp.so"])
+    assert [(f.code, f.severity) for f in found] == [
+        ("lib-uses-python-api", INFO), ("lib-python-api-global", ERROR)]
+    assert "/sp/pkg/libhelp.so" in found[1].seen and "libok" not in found[1].seen
 
 
 def test_origin_rpaths_are_counted():
