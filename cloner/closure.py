@@ -114,9 +114,21 @@ def plan(
 
 
 def is_companion(path: str, config: resolve.LoaderConfig, probe: resolve.Probe) -> bool:
-    """True if a C-API helper library in the same directory loads ``path``."""
+    """True if a C-API helper library in the same directory loads ``path``.
+
+    Only for libraries a package ships: the system's directories (default and ld.so
+    cache ones) hold hundreds of libraries whose state no Python package fills.
+    """
     directory = os.path.dirname(os.path.abspath(path))
+    if directory in _system_dirs(config):
+        return False
     return os.path.realpath(path) in _companions(directory, config, probe)
+
+
+@functools.lru_cache(maxsize=8)
+def _system_dirs(config: resolve.LoaderConfig) -> frozenset:
+    dirs = set(config.default_dirs) | {os.path.dirname(e.path) for e in config.cache}
+    return frozenset(dirs | {os.path.realpath(d) for d in dirs})
 
 
 @functools.lru_cache(maxsize=256)

@@ -15,6 +15,7 @@ from gilclone.cloner import elf_writer, naming
 from gilclone.cloner.builders import BuiltClone
 from gilclone.platforms import elf as elf_reader
 from gilclone.platforms.classify import python_version_from_libname
+from gilclone.platforms.elf_deps import read_dynamic_facts
 
 
 def build_libpython(source: str, directory: str, name_id: str, index: int) -> BuiltClone:
@@ -52,14 +53,14 @@ def build_library(
 
 
 def _bound_edits(source, renames, libpython, libraries) -> elf_writer.ElfEdits:
-    info = elf_reader.read(source)
+    info = read_dynamic_facts(source)
     linked = [n for n in info.needed if (python_version_from_libname(n) or "").startswith("3")]
     replace = {old: renames.get(old, libpython) for old in linked if libpython}
     replace.update({old: new for old, new in libraries.items() if old in info.needed})
     return elf_writer.ElfEdits(
         replace_needed=replace,
         add_needed=[] if linked or not libpython else [libpython],
-        rpaths=tuple(resolve_origin(info.rpaths, os.path.dirname(source))),
+        rpaths=tuple(resolve_origin(info.run_paths, os.path.dirname(source))),
     )
 
 

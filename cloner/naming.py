@@ -11,6 +11,7 @@ SUFFIX = ".so"
 _DIGITS = string.digits + string.ascii_lowercase
 MIN_SET_ID_CHARS = 4
 MAX_CLONES = 36 * 36
+MIN_LIBRARY_KEY_CHARS = 6
 
 
 def index_token(index: int) -> str:
@@ -34,10 +35,11 @@ def clone_soname(original: str, set_id: str, index: int) -> str:
 def library_soname(original: str, key: str, index: int) -> str:
     """A name as long as ``original`` for clone ``index``'s copy of a helper library.
 
-    ``key`` (lowercase base-36 or hex) is unique to the library and the clone set,
-    so two libraries, two clones or two sets never share a name in one process; the
-    ``lib`` prefix without ``gc`` keeps it apart from libpython copies' names.
+    ``key`` (hex) is a hash of the library's path and the clone's directory, so two
+    libraries, clones or sets do not share a name in one process (ld.so would take a
+    second library of a name for the first); hex never starts with ``gc``, which keeps
+    these apart from libpython copies' names. Names too short for 6 hex digits grow.
     """
     room = len(original) - len("lib") - len(SUFFIX) - 2
-    take = max(room, MIN_SET_ID_CHARS + 4)
+    take = max(room, MIN_LIBRARY_KEY_CHARS)
     return f"lib{key[:take]}{index_token(index)}{SUFFIX}"

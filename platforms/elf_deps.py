@@ -19,6 +19,8 @@ from gilclone.errors import BinaryFormatError
 
 DF_1_NODEFLIB = 0x800
 _PY_PREFIXES = (b"Py", b"_Py")
+_EXPORTED_BINDINGS = (1, 2, 10)  # STB_GLOBAL, STB_WEAK, STB_GNU_UNIQUE
+_NOT_EXPORTED_TYPES = (3, 4)  # STT_SECTION, STT_FILE
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,18 @@ class DynamicFacts:
     python_refs: int  # undefined Py*/_Py* dynamic symbols: calls into the Python C API
     python_init: bool  # defines PyInit_*: an extension module
     defines: Tuple[str, ...] = ()  # a few defined dynamic symbols (for scope checks)
+    exports: int = 0  # defined global/weak/unique dynamic symbols, as BinaryInfo.exports_count
+
+    @property
+    def run_paths(self) -> Tuple[str, ...]:
+        """The run path entries in effect (RUNPATH if there is one, else RPATH)."""
+        return self.runpath if self.runpath is not None else self.rpath
+
+    @property
+    def rpath_tag(self) -> Optional[str]:
+        if self.runpath is not None:
+            return "RUNPATH"
+        return "RPATH" if self.rpath else None
 
     @property
     def uses_python_api(self) -> bool:
@@ -72,7 +86,7 @@ def _read(path: str, elf: ELFFile, sample: int) -> DynamicFacts:
         elif t.entry.d_tag == "DT_RPATH":
             rpath += tuple(p for p in t.rpath.split(":") if p)
     flags_1 = next((t.entry.d_val for t in tags if t.entry.d_tag == "DT_FLAGS_1"), 0)
-    refs, init, defines = _scan_dynsym(elf, sample)
+    refs, init, defines, exports = _scan_dynsym(elf, sample)
     return DynamicFacts(
         path=path,
         soname=next((t.soname for t in tags if t.entry.d_tag == "DT_SONAME"), None),
@@ -85,14 +99,15 @@ def _read(path: str, elf: ELFFile, sample: int) -> DynamicFacts:
         python_refs=refs,
         python_init=init,
         defines=defines,
+        exports=exports,
     )
 
 
 def _scan_dynsym(elf: ELFFile, sample: int):
-    """(undefined Py* count, defines PyInit_*, a few defined global names) from .dynsym."""
+    """(undefined Py* count, defines PyInit_*, a few defined global names, exports) from .dynsym."""
     dynsym = elf.get_section_by_name(".dynsym")
     if dynsym is None or not dynsym["sh_entsize"]:
-        return 0, False, ()
+        return 0, False, (), 0
     strtab = elf.get_section(dynsym["sh_link"])
     stream = elf.stream
     stream.seek(strtab["sh_offset"])
@@ -105,7 +120,7 @@ def _scan_dynsym(elf: ELFFile, sample: int):
         layout, name_at, info_at, shndx_at = end + "IBBHQQ", 0, 1, 3
     else:
         layout, name_at, info_at, shndx_at = end + "IIIBBH", 0, 3, 5
-    refs, init, defines = 0, False, []
+    refs, init, defines, exports = 0, False, [], 0
     for entry in struct.iter_unpack(layout, table[: len(table) - len(table) % struct.calcsize(layout)]):
         offset = entry[name_at]
         if not offset:
@@ -115,10 +130,12 @@ def _scan_dynsym(elf: ELFFile, sample: int):
             refs += name.startswith(_PY_PREFIXES)
             continue
         init = init or name.startswith(b"PyInit_")
-        bind = entry[info_at] >> 4
+        bind, kind = entry[info_at] >> 4, entry[info_at] & 0xF
+        if bind in _EXPORTED_BINDINGS and kind not in _NOT_EXPORTED_TYPES:
+            exports += 1
         if bind == 1 and len(defines) < sample and not name.startswith(b"_"):  # STB_GLOBAL
             defines.append(name.decode("utf-8", "replace"))
-    return refs, init, tuple(defines)
+    return refs, init, tuple(defines), exports
 
 
 def origin_of(path: str) -> str:

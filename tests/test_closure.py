@@ -10,9 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from gilclone.cloner import closure
+from gilclone.cloner import closure, store
+from gilclone.cloner.extensions import TwinFactory
 from gilclone.platforms import resolve
-from gilclone.platforms.elf_deps import DynamicFacts
+from gilclone.platforms.elf_deps import DynamicFacts, read_dynamic_facts
 from support import arrow_env, cbuild
 
 TIMEOUT_S = 600
@@ -87,8 +88,6 @@ def test_copied_are_c_api_users_and_whatever_depends_on_them():
         "/d/libplain.so": facts("/d/libplain.so", ["libstdc++.so.6"]),
         "/d/libstdc++.so.6": facts("/d/libstdc++.so.6"),
     }
-    from gilclone.cloner import store
-
     record = store.CloneRecord(index=3, directory="/cache/set/clone-03", soname="libgcabcd03.so")
     plan = closure.plan("/d/ext.so", record, resolve.LoaderConfig(), objs.get)
     copies = {os.path.basename(c.source): c for c in plan.copies}
@@ -99,10 +98,35 @@ def test_copied_are_c_api_users_and_whatever_depends_on_them():
     for c in copies.values():
         assert c.path.startswith("/cache/set/clone-03/lib/") and c.soname.endswith("03.so")
     name = os.path.basename(copies["libpyhelp.so"].path)
-    assert len(name) == len("libpyhelp.so") or len(name) == len("lib") + 8 + 2 + 3
+    assert len(name) == len("lib") + 6 + 2 + len(".so")  # too short for 6 hex digits: longer
 
 
 # -- a helper library built here -------------------------------------------------------
+
+
+def test_library_copies_are_named_recorded_checked_and_rebuilt(helper, tmp_path):
+    """Made without loading anything: the twin names the copy by path, the copy has a
+    same-length soname and needs the clone's libpython; a damaged copy is rebuilt."""
+    record = store.CloneRecord(index=1, directory=str(tmp_path / "clone-01"), soname="libgcabcd01.so")
+    ext = str(next(helper.glob("stateext*.so")))
+    twin = TwinFactory(record).twin_for(ext)
+    copies = sorted((tmp_path / "clone-01" / "lib").glob("*.so"))
+    assert len(copies) == 1
+    copy = copies[0]
+    twin_needed = read_dynamic_facts(twin).needed
+    assert str(copy) in twin_needed and "libpyhelper.so" not in twin_needed
+    facts_ = read_dynamic_facts(str(copy))
+    assert facts_.soname == copy.name and len(copy.name) == len("libpyhelper.so")
+    assert "libgcabcd01.so" in facts_.needed and facts_.python_refs > 0
+    meta = json.loads((tmp_path / "clone-01" / "lib" / (copy.name + ".json")).read_text())
+    assert meta["source"] == os.path.realpath(helper / "libpyhelper.so")
+    assert meta["sha256"] == store.sha256_file(str(copy))
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    assert TwinFactory(record).twin_for(ext) == twin
+    assert store.sha256_file(str(copy)) == meta["sha256"]  # rebuilt from the original
+
 
 
 def test_helper_library_state_is_per_clone_and_the_host_keeps_its_own(helper):
