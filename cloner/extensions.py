@@ -61,6 +61,8 @@ class TwinFactory:
         facts = _PROBE(path) if path else None
         if facts is None:
             return ""  # let dlopen report what it cannot find
+        if os.path.realpath(path).startswith(os.path.realpath(self.record.directory) + os.sep):
+            return ""  # already this clone's own file (its libpython, a twin or a copy)
         plan = self._plan(path)
         if not facts.uses_python_api and not plan.libraries:
             return ""

@@ -5,6 +5,7 @@ are module-level so the pool can send them by reference.
 """
 
 import ctypes
+import ctypes.util
 import json
 import os
 import sys
@@ -101,6 +102,10 @@ def ctypes_task(directory):
     lib.helper_get.restype = ctypes.py_object
     assert lib.helper_get() == index + 10  # the copy stateext uses, not the host's
     cdll = ctypes.cdll.LoadLibrary(os.path.join(directory, "libpyhelper.so"))
+    again = ctypes.PyDLL(lib._name)  # the copy itself: no copy of the copy
+    assert again._name == lib._name
+    libm = ctypes.util.find_library("m")
+    assert ctypes.CDLL(libm)._name == libm  # no C API: loaded as asked
     return index, [api, file_of(ctypes.cast(lib.helper_get, ctypes.c_void_p).value),
                    cdll.helper_is_initialized()]
 
