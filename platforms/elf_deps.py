@@ -21,6 +21,8 @@ DF_1_NODEFLIB = 0x800
 _PY_PREFIXES = (b"Py", b"_Py")
 _EXPORTED_BINDINGS = (1, 2, 10)  # STB_GLOBAL, STB_WEAK, STB_GNU_UNIQUE
 _NOT_EXPORTED_TYPES = (3, 4)  # STT_SECTION, STT_FILE
+# Defined by the linker in every object: useless to tell one object from another.
+_LINKER_NAMES = (b"_init", b"_fini", b"_edata", b"_end", b"__bss_start")
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,8 @@ def _scan_dynsym(elf: ELFFile, sample: int):
         bind, kind = entry[info_at] >> 4, entry[info_at] & 0xF
         if bind in _EXPORTED_BINDINGS and kind not in _NOT_EXPORTED_TYPES:
             exports += 1
-        if bind == 1 and len(defines) < sample and not name.startswith(b"_"):  # STB_GLOBAL
-            defines.append(name.decode("utf-8", "replace"))
+        if bind == 1 and kind in (1, 2) and len(defines) < sample and name not in _LINKER_NAMES:
+            defines.append(name.decode("utf-8", "replace"))  # a global object or function
     return refs, init, tuple(defines), exports
 
 
