@@ -109,12 +109,13 @@ class TwinFactory:
             os.makedirs(os.path.dirname(copy.path), exist_ok=True)
             with FileLock(os.path.join(os.path.dirname(copy.path), ".lock")):
                 if not _is_current(meta, copy.path, copy.source, expect):
+                    _remove_leftovers(os.path.dirname(copy.path))
                     self._build_library(copy, meta)
 
     def _build_library(self, copy: closure.LibraryCopy, meta: str) -> None:
         from gilclone.cloner import elf_clone
 
-        tmp = f"{copy.path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = os.path.join(os.path.dirname(copy.path), f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{copy.soname}")
         try:
             try:
                 elf_clone.build_library(
@@ -155,6 +156,16 @@ class TwinFactory:
 
 
 _PROBE = resolve.file_probe()
+
+
+def _remove_leftovers(lib_dir: str) -> None:
+    """Half-written copies of a killed process (only called holding the directory's lock)."""
+    for name in os.listdir(lib_dir):
+        if name.startswith(".tmp-") or ".json.tmp-" in name:
+            try:
+                os.remove(os.path.join(lib_dir, name))
+            except OSError:
+                pass
 
 
 def _executable() -> str:

@@ -124,8 +124,11 @@ def test_library_copies_are_named_recorded_checked_and_rebuilt(helper, tmp_path)
     data = bytearray(copy.read_bytes())
     data[-1] ^= 0xFF
     copy.write_bytes(bytes(data))
+    leftover = copy.parent / ".tmp-1-deadbeef-libx.so"  # a killed process's half copy
+    leftover.write_bytes(b"half")
     assert TwinFactory(record).twin_for(ext) == twin
     assert store.sha256_file(str(copy)) == meta["sha256"]  # rebuilt from the original
+    assert not leftover.exists()
 
 
 
