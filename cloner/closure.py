@@ -84,13 +84,17 @@ def plan(
     config: resolve.LoaderConfig,
     probe: resolve.Probe,
     chain: Tuple[DynamicFacts, ...] = (),
+    resolver=resolve.resolve_needed,
 ) -> ClosurePlan:
-    """The copies the clone of ``record`` needs for ``source`` (pure given probe and config)."""
+    """The copies the clone of ``record`` needs for ``source`` (pure given probe and config).
+
+    ``resolver``: ``resolve.resolve_needed`` for ELF, ``resolve.resolve_dyld_needed`` for Mach-O.
+    """
     root = probe(source)
     if root is None:
-        raise CloneError(f"{source}: not a readable ELF object")
-    closure = resolve.resolve_closure(root, config, probe, chain=chain, skip=is_libpython)
-    chosen = copied_objects(closure, lambda path: is_companion(path, config, probe))
+        raise CloneError(f"{source}: not a readable {record.binary_format} image")
+    closure = resolve.resolve_closure(root, config, probe, chain=chain, skip=is_libpython, resolver=resolver)
+    chosen = copied_objects(closure, lambda path: is_companion(path, config, probe, resolver))
     copies: Dict[str, LibraryCopy] = {}
     names: Dict[str, str] = {}  # original path -> the copy's path
     for obj in closure.objects[1:]:
@@ -113,7 +117,8 @@ def plan(
     return ClosurePlan(root=root.path, libraries=renames(root.path), copies=tuple(copies.values()))
 
 
-def is_companion(path: str, config: resolve.LoaderConfig, probe: resolve.Probe) -> bool:
+def is_companion(path: str, config: resolve.LoaderConfig, probe: resolve.Probe,
+                 resolver=resolve.resolve_needed) -> bool:
     """True if a C-API helper library in the same directory loads ``path``.
 
     Only for libraries a package ships: the system's directories (default and ld.so
@@ -122,7 +127,7 @@ def is_companion(path: str, config: resolve.LoaderConfig, probe: resolve.Probe) 
     directory = os.path.dirname(os.path.abspath(path))
     if directory in _system_dirs(config):
         return False
-    return os.path.realpath(path) in _companions(directory, config, probe)
+    return os.path.realpath(path) in _companions(directory, config, probe, resolver)
 
 
 @functools.lru_cache(maxsize=8)
@@ -132,7 +137,7 @@ def _system_dirs(config: resolve.LoaderConfig) -> frozenset:
 
 
 @functools.lru_cache(maxsize=256)
-def _companions(directory: str, config: resolve.LoaderConfig, probe: resolve.Probe) -> frozenset:
+def _companions(directory: str, config: resolve.LoaderConfig, probe: resolve.Probe, resolver) -> frozenset:
     found, seen = set(), set()
     try:
         names = sorted(os.listdir(directory))
@@ -140,13 +145,13 @@ def _companions(directory: str, config: resolve.LoaderConfig, probe: resolve.Pro
         return frozenset()
     for name in names:
         real = os.path.realpath(os.path.join(directory, name))
-        if ".so" not in name or real in seen:
+        if not (".so" in name or name.endswith(".dylib")) or real in seen:
             continue
         seen.add(real)
         helper = probe(os.path.join(directory, name))
         if helper is None or not helper.uses_python_api or helper.python_init or is_libpython(name):
             continue
-        closure = resolve.resolve_closure(helper, config, probe, skip=is_libpython)
+        closure = resolve.resolve_closure(helper, config, probe, skip=is_libpython, resolver=resolver)
         found.update(
             os.path.realpath(o.path)
             for o in closure.objects[1:]
@@ -168,9 +173,13 @@ def plan_library(plan_: ClosurePlan, record: store.CloneRecord, root: DynamicFac
 
 
 def _copy_path(record: store.CloneRecord, obj: DynamicFacts) -> str:
+    """ELF: a same-length soname. Mach-O: the path is the install name, so any length."""
     real = os.path.realpath(obj.path)
     key = hashlib.sha256(f"{record.directory}\0{real}".encode()).hexdigest()
-    name = naming.library_soname(obj.soname or os.path.basename(obj.path), key, record.index)
+    if record.binary_format == "Mach-O":
+        name = f"lib{key[:16]}{naming.index_token(record.index)}.dylib"
+    else:
+        name = naming.library_soname(obj.soname or os.path.basename(obj.path), key, record.index)
     return os.path.join(record.directory, LIB_DIR, name)
 
 

@@ -56,7 +56,7 @@ class TwinFactory:
 
     def _library_for(self, name: str) -> str:
         if self.record.binary_format != "ELF":
-            return ""
+            return ""  # ctypes redirection: Linux clones only
         path = name if "/" in name else _search(name, _PROBE)
         facts = _PROBE(path) if path else None
         if facts is None:
@@ -76,7 +76,7 @@ class TwinFactory:
         twin_dir = os.path.join(self.record.ext_dir, key)
         twin = os.path.join(twin_dir, base)
         libraries: Dict[str, str] = {}
-        if self.record.binary_format == "ELF":
+        if self.record.binary_format in ("ELF", "Mach-O"):
             plan = self._plan(source)
             self._make_copies(plan.copies)
             libraries = dict(plan.libraries)
@@ -93,6 +93,11 @@ class TwinFactory:
     # -- helper libraries ----------------------------------------------------
 
     def _plan(self, source: str) -> closure.ClosurePlan:
+        if self.record.binary_format == "Mach-O":  # checked statically (macho_closure.py)
+            from gilclone.cloner import macho_closure
+
+            return closure.plan(source, self.record, resolve.LoaderConfig(), macho_closure.probe,
+                                resolver=resolve.resolve_dyld_needed)
         chain = tuple(f for f in (_PROBE(self.record.libpython), _PROBE(_executable())) if f)
         plan = closure.plan(source, self.record, resolve.system_config(), _PROBE, chain)
         problem = closure.refusal(plan, _PROBE)
@@ -113,15 +118,21 @@ class TwinFactory:
                     self._build_library(copy, meta)
 
     def _build_library(self, copy: closure.LibraryCopy, meta: str) -> None:
-        from gilclone.cloner import elf_clone
+        if self.record.binary_format == "Mach-O":
+            from gilclone.cloner.macho_closure import build_library
 
+            name = copy.path  # the install name
+        else:
+            from gilclone.cloner.elf_clone import build_library
+
+            name = copy.soname
         tmp = os.path.join(os.path.dirname(copy.path), f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{copy.soname}")
         try:
             try:
-                elf_clone.build_library(
+                build_library(
                     copy.source,
                     tmp,
-                    copy.soname,
+                    name,
                     self.record.rename_map,
                     self.record.soname if copy.uses_python_api else None,
                     dict(copy.libraries),

@@ -73,14 +73,17 @@ def build_libpython(source: str, directory: str, name_id: str, index: int) -> Bu
     return BuiltClone(libpython=file_name, files=(file_name,), renames=((original, install_name),))
 
 
-def build_twin(source: str, target: str, renames: Dict[str, str], libpython: str) -> None:
+def build_twin(source: str, target: str, renames: Dict[str, str], libpython: str,
+               libraries: Optional[Dict[str, str]] = None) -> None:
+    """``libraries``: load-command names of helper dylibs -> the clone's copies (cloner/closure.py)."""
     clone = _clone_name(renames, libpython)
     info = macho.read(source)
     linked = {n: clone for n in info.needed
               if n in renames or (python_version_from_libname(n) or "").startswith("3")}
+    helpers = {n: new for n, new in (libraries or {}).items() if n in info.needed}
     macho_writer.apply(source, target, macho_writer.MachoEdits(
         add_dylib=None if linked else clone,
-        rename_dylibs=linked,
+        rename_dylibs={**linked, **helpers},
         rebind_python=True,
         loader_path_base=os.path.dirname(os.path.realpath(source)),
     ))

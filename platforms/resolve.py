@@ -78,7 +78,7 @@ class Closure:
 
     @property
     def missing(self) -> Tuple[Edge, ...]:
-        return tuple(e for e in self.edges if e.path is None)
+        return tuple(e for e in self.edges if e.path is None and e.via != "system")
 
     def by_path(self) -> Dict[str, DynamicFacts]:
         return {o.path: o for o in self.objects}
@@ -159,17 +159,62 @@ def resolve_needed(
     return None, ""
 
 
+# dyld (macOS): names in load commands, checked statically. An image's LC_RPATH entries
+# serve @rpath names of the image and of everything it loads, nearest image first.
+DYLD_SYSTEM_PREFIXES = ("/usr/lib/", "/System/")
+
+
+def resolve_dyld_needed(
+    name: str,
+    loader: DynamicFacts,
+    chain: Sequence[DynamicFacts],
+    config: LoaderConfig,
+    probe: Probe,
+) -> Tuple[Optional[DynamicFacts], str]:
+    """The image a Mach-O load command ``name`` of ``loader`` finds, and how.
+
+    System libraries (``/usr/lib``, ``/System``; in the shared cache on macOS 11+)
+    give ``(None, "system")``; ``@executable_path`` cannot be known statically.
+    DYLD_* environment variables are not modelled.
+    """
+    if name.startswith(DYLD_SYSTEM_PREFIXES):
+        return None, "system"
+    if name.startswith("@loader_path/"):
+        return _dyld_probe(os.path.join(origin_of(loader.path), name[len("@loader_path/"):]), probe, "loader_path")
+    if name.startswith("@rpath/"):
+        rest = name[len("@rpath/"):]
+        for image in (loader, *chain):
+            for entry in image.rpath:
+                base = entry.replace("@loader_path", origin_of(image.path), 1)
+                if base.startswith("@"):
+                    continue
+                found, via = _dyld_probe(os.path.join(base, rest), probe, f"LC_RPATH of {image.path}")
+                if found is not None:
+                    return found, via
+        return None, ""
+    if name.startswith("/"):
+        return _dyld_probe(name, probe, "path")
+    return None, ""
+
+
+def _dyld_probe(path: str, probe: Probe, via: str) -> Tuple[Optional[DynamicFacts], str]:
+    found = probe(os.path.normpath(path))
+    return (found, via) if found is not None else (None, "")
+
+
 def resolve_closure(
     root: DynamicFacts,
     config: LoaderConfig,
     probe: Probe,
     chain: Sequence[DynamicFacts] = (),
     skip: Callable[[str], bool] = lambda name: False,
+    resolver=resolve_needed,
 ) -> Closure:
     """The closure of ``root`` loaded by ``chain`` (nearest first; () when it is the program).
 
     Names for which ``skip(name)`` is true are left out, with their dependencies
     (the cloner skips libpython, which a clone replaces by its own copy).
+    ``resolver`` is ``resolve_needed`` (ld.so) or ``resolve_dyld_needed`` (dyld).
     """
     objects: List[DynamicFacts] = [root]
     loaders: Dict[str, Tuple[DynamicFacts, ...]] = {root.path: tuple(chain)}
@@ -185,7 +230,7 @@ def resolve_closure(
                 continue
             found, via = (known[name], "loaded") if name in known else (None, "")
             if found is None:
-                found, via = resolve_needed(name, obj, above[1:], config, probe)
+                found, via = resolver(name, obj, above[1:], config, probe)
                 if found is not None and os.path.realpath(found.path) in known:
                     found, via = known[os.path.realpath(found.path)], "loaded"
             edges.append(Edge(obj.path, name, found.path if found else None, via))

@@ -6,10 +6,12 @@ work, pyarrow in a clone ended the process with SIGSEGV.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import support
 from gilclone.cloner import closure, store
 from gilclone.cloner.extensions import TwinFactory
 from gilclone.platforms import resolve
@@ -189,3 +191,47 @@ def test_arrow_registries_are_per_clone(arrow_site, tmp_path):
     for index, (dtype, periods, called) in out["clones"].items():
         assert dtype == "period[M]" and periods == ["2020-01", "2020-02", "2020-03"]
         assert called == [(int(index) + 2) * i for i in (1, 2, 3)]  # its own function
+
+
+# -- macOS, checked statically with the LLVM tools (not run on a Mac) ---------------------------
+
+
+@pytest.mark.slow
+def test_macos_copies_of_libarrow_python_bind_py_to_the_clone(tmp_path):
+    from gilclone.cloner import codesign
+    from gilclone.platforms import macho
+    from support import macos_wheels as mw
+    from test_macos import _bind_rows, _is_py, build_home, llvm_checked_pages
+
+    support.require(shutil.which(mw.OBJDUMP) and shutil.which(mw.OTOOL), "the LLVM tools are needed")
+    wheel = mw.binaries("pyarrow-arm64")
+    ext = str(next(p for p in wheel if p.name == "lib.cpython-312-darwin.so"))
+    home = build_home(str(tmp_path), "universal2")
+    dest = str(tmp_path / "set")
+    proc = subprocess.run([sys.executable, "-m", "gilclone", "prepare", "--target", "macos",
+                           "--python-home", home, "--count", "2", "--dest", dest],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    seen = set()
+    for rec in store.load_set(dest).clones:
+        twin = TwinFactory(rec).twin_for(ext)
+        libs = mw.parse_otool_libraries(mw.run_tool(mw.OTOOL, "-L", "-arch", "arm64", twin))
+        copies = [n for n in libs if n.startswith(os.path.join(rec.directory, "lib") + os.sep)]
+        assert copies and not any(os.path.basename(n).startswith("libarrow") for n in libs), libs
+        helper = next(c for c in copies if "libarrow_python" in _source(c))
+        assert macho.read(helper).name == helper and helper not in seen
+        seen.add(helper)
+        rows = _bind_rows(helper, "arm64")
+        py = [r for r in rows if _is_py(r["symbol"]) and r["table"] != "Weak bind table"]
+        leaf = os.path.splitext(rec.soname)[0]
+        assert len(py) > 100 and all(r.get("dylib") == leaf for r in py), py[:3]
+        assert all(c["pages"] > 0 for c in codesign.verify_file(helper))
+        assert llvm_checked_pages(helper, "arm64") > 0
+        arrow = next(c for c in copies if os.path.basename(_source(c)) == "libarrow.2600.dylib")
+        assert not [r for r in _bind_rows(arrow, "arm64") if _is_py(r["symbol"])]
+        assert arrow in mw.parse_otool_libraries(mw.run_tool(mw.OTOOL, "-L", "-arch", "arm64", helper))
+
+
+def _source(copy):
+    with open(copy + ".json") as f:
+        return json.load(f)["source"]

@@ -37,6 +37,10 @@ WHEELS = {
     # Stable-ABI (abi3) extension, universal2, and an MH_DYLIB with an @rpath id.
     "cryptography-abi3": ("cryptography", "43.0.3", "macosx_10_9_universal2",
                           "cryptography-43.0.3-cp39-abi3-macosx_10_9_universal2"),
+    # arm64 pyarrow: libarrow_python.dylib, a C-API helper dylib that is not an
+    # extension, beside its companions (libarrow, libarrow_compute, ...), all @rpath.
+    "pyarrow-arm64": ("pyarrow", "26.0.1", "macosx_12_0_arm64",
+                      "pyarrow-26.0.1-cp312-cp312-macosx_12_0_arm64"),
     # Small universal2 extension (x86_64 unsigned, arm64 ad-hoc signed).
     "markupsafe-universal2": ("markupsafe", "2.1.5", "macosx_10_9_universal2",
                               "MarkupSafe-2.1.5-cp312-cp312-macosx_10_9_universal2"),
