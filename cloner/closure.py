@@ -173,11 +173,16 @@ def plan_library(plan_: ClosurePlan, record: store.CloneRecord, root: DynamicFac
 
 
 def _copy_path(record: store.CloneRecord, obj: DynamicFacts) -> str:
-    """ELF: a same-length soname. Mach-O: the path is the install name, so any length."""
+    """ELF: a same-length soname. Mach-O: the path is the install name, so any length.
+    PE: a same-length DLL name (imports are renamed in place)."""
     real = os.path.realpath(obj.path)
     key = hashlib.sha256(f"{record.directory}\0{real}".encode()).hexdigest()
     if record.binary_format == "Mach-O":
         name = f"lib{key[:16]}{naming.index_token(record.index)}.dylib"
+    elif record.binary_format == "PE":
+        from gilclone.cloner.pe_closure import copy_name
+
+        name = copy_name(os.path.basename(obj.path), key, record.index)
     else:
         name = naming.library_soname(obj.soname or os.path.basename(obj.path), key, record.index)
     return os.path.join(record.directory, LIB_DIR, name)

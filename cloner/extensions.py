@@ -34,6 +34,7 @@ class TwinFactory:
         self.record = record
         self._known: Dict[str, str] = {}
         self._lock = threading.Lock()
+        self._python: Optional[dict] = None
 
     def twin_for(self, origin: str) -> str:
         """Path of the twin of extension ``origin``, built if missing or stale."""
@@ -58,7 +59,7 @@ class TwinFactory:
         if self.record.binary_format != "ELF":
             return ""  # ctypes redirection: Linux clones only
         path = name if "/" in name else _search(name, _PROBE)
-        facts = _PROBE(path) if path else None
+        facts = self._probe(path) if path else None
         if facts is None:
             return ""  # let dlopen report what it cannot find
         if os.path.realpath(path).startswith(os.path.realpath(self.record.directory) + os.sep):
@@ -66,7 +67,10 @@ class TwinFactory:
         plan = self._plan(path)
         if not facts.uses_python_api and not plan.libraries:
             return ""
-        copy = closure.plan_library(plan, self.record, facts)
+        return self._own_copy(path, plan)
+
+    def _own_copy(self, path: str, plan: closure.ClosurePlan) -> str:
+        copy = closure.plan_library(plan, self.record, self._probe(path))
         self._make_copies(plan.copies + (copy,))
         return copy.path
 
@@ -76,7 +80,11 @@ class TwinFactory:
         twin_dir = os.path.join(self.record.ext_dir, key)
         twin = os.path.join(twin_dir, base)
         libraries: Dict[str, str] = {}
-        if self.record.binary_format in ("ELF", "Mach-O"):
+        if self.record.binary_format == "PE" and not source.lower().endswith(".pyd"):
+            # A C-API DLL imported as a module (pywin32's pywintypes311.dll): the module
+            # and the DLL that twins import by name must be one image, the clone's copy.
+            return self._own_copy(source, self._plan(source))
+        if self.record.binary_format in ("ELF", "Mach-O", "PE"):
             plan = self._plan(source)
             self._make_copies(plan.copies)
             libraries = dict(plan.libraries)
@@ -92,7 +100,20 @@ class TwinFactory:
 
     # -- helper libraries ----------------------------------------------------
 
+    def _probe(self, path: str):
+        if self.record.binary_format == "PE":
+            from gilclone.cloner import pe_closure
+
+            return pe_closure.probe(path)
+        return _PROBE(path)
+
     def _plan(self, source: str) -> closure.ClosurePlan:
+        if self.record.binary_format == "PE":
+            from gilclone.cloner import pe_closure
+
+            config = pe_closure.config_for(self._set_python())
+            return closure.plan(source, self.record, config, pe_closure.probe,
+                                resolver=pe_closure.resolve_needed)
         if self.record.binary_format == "Mach-O":  # checked statically (macho_closure.py)
             from gilclone.cloner import macho_closure
 
@@ -105,7 +126,18 @@ class TwinFactory:
             raise CloneError(problem)
         return plan
 
+    def _set_python(self) -> dict:
+        """The set's facts about its Python (set.json), for the DLL search directories."""
+        if self._python is None:
+            try:
+                self._python = store.load_set(os.path.dirname(self.record.directory)).python
+            except GilcloneError:
+                self._python = {}
+        return self._python
+
     def _make_copies(self, copies: Tuple[closure.LibraryCopy, ...]) -> None:
+        if copies and os.name == "nt":
+            _add_dll_directory(os.path.dirname(copies[0].path))
         for copy in copies:
             expect = {"libraries": dict(copy.libraries)}
             meta = copy.path + ".json"
@@ -122,6 +154,10 @@ class TwinFactory:
             from gilclone.cloner.macho_closure import build_library
 
             name = copy.path  # the install name
+        elif self.record.binary_format == "PE":
+            from gilclone.cloner.pe_closure import build_library
+
+            name = copy.soname
         else:
             from gilclone.cloner.elf_clone import build_library
 
@@ -167,6 +203,26 @@ class TwinFactory:
 
 
 _PROBE = resolve.file_probe()
+
+
+_DLL_DIRECTORIES: Dict[str, object] = {}
+
+
+def note_dll_directory(path: str) -> str:
+    """Host operation "dlldir" (Windows): where the clone's helper DLLs are searched."""
+    from gilclone.cloner import pe_closure
+
+    return pe_closure.note_dll_directory(path)
+
+
+def _add_dll_directory(directory: str) -> None:
+    """Windows: twins import the clone's helper-DLL copies by name; let the loader find them."""
+    if directory not in _DLL_DIRECTORIES:
+        os.makedirs(directory, exist_ok=True)
+        try:
+            _DLL_DIRECTORIES[directory] = os.add_dll_directory(directory)
+        except (OSError, AttributeError):
+            pass
 
 
 def _remove_leftovers(lib_dir: str) -> None:

@@ -87,6 +87,7 @@ def _install(config):
     sys._gilclone_index = config["index"]
 
     _install_ctypes_hook(config)
+    _install_dll_directory_hook()
     sys.argv[:] = config["argv"]
     if config["site"]:
         import site
@@ -151,3 +152,26 @@ def _install_ctypes_hook(config):
             return spec
 
     sys.meta_path.insert(0, CtypesHook)
+
+
+def _install_dll_directory_hook():
+    """Windows: tell the host about ``os.add_dll_directory`` calls (pywin32_bootstrap's), so
+    the helper DLLs a twin imports from there are found and copied for this clone."""
+    import sys
+
+    if sys.platform != "win32":
+        return
+    import os
+
+    host = sys._gilclone_host
+    original = os.add_dll_directory
+
+    def add_dll_directory(path):
+        handle = original(path)
+        try:
+            host("dlldir\0" + os.fspath(path))
+        except RuntimeError:
+            pass  # only a search hint for the host: the directory is added either way
+        return handle
+
+    os.add_dll_directory = add_dll_directory

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional
 
 from gilclone.cloner import store
 from gilclone.cloner.capi import METH_O, CApi, PyMethodDef
-from gilclone.cloner.extensions import TwinFactory
+from gilclone.cloner.extensions import TwinFactory, note_dll_directory
 
 from gilclone.errors import CloneLoadError, CloneSetCorruptError
 
@@ -51,7 +51,8 @@ class Clone:
         self.api: Optional[CApi] = None
         self.handlers: Dict[str, Callable[[str], str]] = {
             "twin": self.twins.twin_for,
-            "lib": self.twins.library_for,  # ctypes loads by path (inclone_ctypes.py)
+            "lib": self.twins.library_for,  # ctypes loads by path (inclone_bootstrap.py)
+            "dlldir": note_dll_directory,  # Windows: os.add_dll_directory in a clone
         }
         self._lock = threading.Lock()
         self._callback = _HOST_CALLBACK(self._host_call)  # kept alive with the clone

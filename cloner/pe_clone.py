@@ -126,7 +126,9 @@ def _relative(path: str, directory: str) -> str:
     return rel.replace("/", "\\")
 
 
-def build_twin(source: str, target: str, renames: Dict[str, str], libpython: str) -> None:
+def build_twin(source: str, target: str, renames: Dict[str, str], libpython: str,
+               libraries: Optional[Dict[str, str]] = None) -> None:
+    """``libraries``: imported helper DLL names -> the clone's copies (cloner/pe_closure.py)."""
     try:
         info = pe_reader.read(source)
     except BinaryFormatError:
@@ -143,6 +145,7 @@ def build_twin(source: str, target: str, renames: Dict[str, str], libpython: str
                 f"from ({', '.join(renames) or libpython}); it belongs to another Python"
             )
         mapping[dll] = new
+    mapping.update({n: os.path.basename(p) for n, p in (libraries or {}).items()})
     if not mapping:
         shutil.copy2(source, target)  # no Python import: nothing binds it to a libpython
         return

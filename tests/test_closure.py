@@ -235,3 +235,61 @@ def test_macos_copies_of_libarrow_python_bind_py_to_the_clone(tmp_path):
 def _source(copy):
     with open(copy + ".json") as f:
         return json.load(f)["source"]
+
+
+# -- Windows, under Wine with the official embeddable CPython -------------------------------
+
+PYWIN32_SCRIPT = r"""
+import json, sys, time
+from gilclone.pool import ClonePool
+
+
+def work(_):
+    import pywin32_bootstrap  # noqa: F401  what pywin32.pth does at start-up: DLL directory
+    import win32api  # before pywintypes: win32api.pyd imports pywintypes311.dll by name
+    import pywintypes
+
+    time.sleep(0.2)
+    answer = [win32api.GetSystemDirectory(), str(pywintypes.TimeType), win32api.HIWORD(0x12345678),
+              str(pywintypes.Time(86400)), isinstance(pywintypes.Time(0), pywintypes.TimeType)]
+    index = getattr(sys, "_gilclone_index", None)
+    if index is None:
+        return answer
+    copies = sorted(t for t in sys._gilclone_twins.values() if "\\lib\\gl" in t)
+    return index, [answer, copies]
+
+
+if __name__ == "__main__":
+    with ClonePool(2, clones=sys.argv[1]) as pool:
+        seen = {}
+        for _ in range(4):
+            for index, value in pool.map(work, range(4)):
+                seen.setdefault(index, value)
+            if len(seen) == 2:
+                break
+    print(json.dumps({"host": work(0), "clones": seen}))
+"""
+
+
+@pytest.mark.slow
+def test_pywin32_in_two_clones_under_wine(tmp_path):
+    """win32api.pyd imports pywintypes311.dll, a C-API DLL that is not a .pyd: each clone
+    gets its own copy under another name, and the module pywintypes is that copy."""
+    from support import pywin32_env, wine
+
+    python = pywin32_env.embed_with_pywin32(tmp_path, "3.11")
+    dest = tmp_path / "set"
+    proc = wine.run(python, ["-m", "gilclone", "prepare", "--count", "2", "--dest", wine.windows_path(dest)])
+    assert proc.returncode == 0, wine.describe(proc)
+    script = tmp_path / "pywin32_script.py"
+    script.write_text(PYWIN32_SCRIPT)
+    proc = wine.run(python, [wine.windows_path(script), wine.windows_path(dest)])
+    assert proc.returncode == 0, wine.describe(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(out["clones"]) == ["0", "1"]
+    copies = []
+    for index, (answer, own) in out["clones"].items():
+        assert answer == out["host"]
+        assert len(own) == 1 and f"clone-0{index}" in own[0], own
+        copies += own
+    assert len(set(copies)) == 2
