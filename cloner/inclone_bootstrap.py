@@ -97,11 +97,12 @@ def _install(config):
 
 
 def _install_ctypes_hook(config):
-    """Make ctypes load this clone's libraries: ``CDLL``/``PyDLL``/``LoadLibrary`` of a
-    library that uses the C API (or depends on one that does) open the clone's copy of
-    it, bound to the clone with RTLD_DEEPBIND, and ``ctypes.pythonapi`` is the clone's
-    own libpython instead of the global scope (the host's). ctypes is patched right
-    after it is first imported, so clones that never use it pay nothing."""
+    """Make ctypes and cffi load this clone's libraries: ``CDLL``/``PyDLL``/``LoadLibrary``
+    (and cffi's ``ffi.dlopen``) of a library that uses the C API (or depends on one that
+    does) open the clone's copy of it, bound to the clone with RTLD_DEEPBIND, and
+    ``ctypes.pythonapi`` is the clone's own libpython instead of the global scope (the
+    host's). Each module is patched right after it is first imported, so clones that
+    never use it pay nothing."""
     import sys
     from _frozen_importlib_external import PathFinder
 
@@ -111,9 +112,19 @@ def _install_ctypes_hook(config):
         return  # Linux only: elsewhere ctypes already loads by path
     host = sys._gilclone_host
 
-    def patch(ctypes):
+    def own_copy(name):
+        """The clone's copy of library ``name`` (str/bytes/path), or None to load as asked."""
         import os
 
+        if not isinstance(name, (str, bytes, os.PathLike)) or not os.fspath(name):
+            return None
+        wanted = os.fsdecode(name)
+        try:
+            return host("lib\0" + wanted) or None
+        except RuntimeError as exc:
+            raise OSError(f"gilclone could not prepare this clone's copy of {wanted}: {exc}") from None
+
+    def patch_ctypes(ctypes):
         original_init = ctypes.CDLL.__init__
 
         def __init__(self, name, mode=ctypes.DEFAULT_MODE, handle=None, *args, **kwargs):
@@ -121,12 +132,8 @@ def _install_ctypes_hook(config):
                 pass  # wraps a handle the caller already has
             elif name is None and self._func_flags_ & ctypes._FUNCFLAG_PYTHONAPI:
                 name, mode = libpython, mode | flags  # PyDLL(None): the C API of this clone
-            elif isinstance(name, (str, bytes, os.PathLike)) and os.fspath(name):
-                wanted = os.fsdecode(name)
-                try:
-                    copy = host("lib\0" + wanted)
-                except RuntimeError as exc:
-                    raise OSError(f"gilclone could not prepare this clone's copy of {wanted}: {exc}") from None
+            else:
+                copy = own_copy(name)
                 if copy:
                     name, mode = copy, mode | flags
             original_init(self, name, mode, handle, *args, **kwargs)
@@ -134,10 +141,24 @@ def _install_ctypes_hook(config):
         ctypes.CDLL.__init__ = __init__
         ctypes.pythonapi = ctypes.PyDLL(None)
 
-    class CtypesHook:
+    def patch_cffi(cffi):
+        original_dlopen = cffi.FFI.dlopen
+
+        def dlopen(self, name, flags_=0):
+            copy = own_copy(name)
+            if copy:
+                name, flags_ = copy, flags_ | flags
+            return original_dlopen(self, name, flags_)
+
+        cffi.FFI.dlopen = dlopen
+
+    patches = {"ctypes": patch_ctypes, "cffi": patch_cffi}
+
+    class LibraryLoaderHook:
         @staticmethod
         def find_spec(name, path=None, target=None):
-            if name != "ctypes":
+            patch = patches.get(name)
+            if patch is None:
                 return None
             spec = PathFinder.find_spec(name, path)
             if spec is None or spec.loader is None:
@@ -151,7 +172,7 @@ def _install_ctypes_hook(config):
             spec.loader.exec_module = exec_and_patch
             return spec
 
-    sys.meta_path.insert(0, CtypesHook)
+    sys.meta_path.insert(0, LibraryLoaderHook)
 
 
 def _install_dll_directory_hook():

@@ -104,10 +104,21 @@ def ctypes_task(directory):
     cdll = ctypes.cdll.LoadLibrary(os.path.join(directory, "libpyhelper.so"))
     again = ctypes.PyDLL(lib._name)  # the copy itself: no copy of the copy
     assert again._name == lib._name
+    try:
+        import cffi
+    except ImportError:
+        cffi_file = None
+    else:
+        ffi = cffi.FFI()
+        ffi.cdef("long helper_is_initialized(void);")
+        via_cffi = ffi.dlopen(os.path.join(directory, "libpyhelper.so"))
+        assert via_cffi.helper_is_initialized() == 1
+        cffi_file = file_of(int(ffi.cast("uintptr_t", ffi.addressof(via_cffi, "helper_is_initialized"))))
+        assert cffi_file == file_of(ctypes.cast(lib.helper_get, ctypes.c_void_p).value), cffi_file
     libm = ctypes.util.find_library("m")
     assert ctypes.CDLL(libm)._name == libm  # no C API: loaded as asked
     return index, [api, file_of(ctypes.cast(lib.helper_get, ctypes.c_void_p).value),
-                   cdll.helper_is_initialized()]
+                   cdll.helper_is_initialized(), cffi_file]
 
 
 def ctypes_api(directory):
@@ -119,6 +130,7 @@ def ctypes_api(directory):
     out["clone_pythonapi"] = [v[0] for v in seen.values()]
     out["cdll_files"] = [v[1] for v in seen.values()]
     out["cdll_initialized"] = [v[2] for v in seen.values()]
+    out["cffi_files"] = [v[3] for v in seen.values()]
     return out
 
 

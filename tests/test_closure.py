@@ -148,6 +148,8 @@ def test_ctypes_in_a_clone_loads_its_copy_and_pythonapi_is_the_clone_libpython(h
     assert all(os.path.basename(p).startswith("libgc") for p in clone_libs)
     assert all(p != out["original"] and "/lib/" in p for p in out["cdll_files"])
     assert out["cdll_initialized"] == [1, 1]
+    support.require(all(out["cffi_files"]), "cffi is not installed (the `test` extra has it)")
+    assert out["cffi_files"] == out["cdll_files"]  # ffi.dlopen: the same per-clone copy
 
 
 def test_a_library_in_the_host_global_scope_is_refused_with_import_error(helper):
