@@ -79,15 +79,13 @@ class TwinFactory:
         key = f"{base}-{hashlib.sha1(source.encode()).hexdigest()[:10]}"
         twin_dir = os.path.join(self.record.ext_dir, key)
         twin = os.path.join(twin_dir, base)
-        libraries: Dict[str, str] = {}
         if self.record.binary_format == "PE" and not source.lower().endswith(".pyd"):
             # A C-API DLL imported as a module (pywin32's pywintypes311.dll): the module
             # and the DLL that twins import by name must be one image, the clone's copy.
             return self._own_copy(source, self._plan(source))
-        if self.record.binary_format in ("ELF", "Mach-O", "PE"):
-            plan = self._plan(source)
-            self._make_copies(plan.copies)
-            libraries = dict(plan.libraries)
+        plan = self._plan(source)
+        self._make_copies(plan.copies)
+        libraries = dict(plan.libraries)
         meta = os.path.join(twin_dir, TWIN_FILE)
         if _is_current(meta, twin, source, {"libraries": libraries}):
             return twin
@@ -105,6 +103,10 @@ class TwinFactory:
             from gilclone.cloner import pe_closure
 
             return pe_closure.probe(path)
+        if self.record.binary_format == "Mach-O":
+            from gilclone.cloner import macho_closure
+
+            return macho_closure.probe(path)
         return _PROBE(path)
 
     def _plan(self, source: str) -> closure.ClosurePlan:
