@@ -227,8 +227,32 @@ POOL_SCRIPT = textwrap.dedent('''
                 "twins": {k: twins.get(m.__spec__.origin) for k, m in mods.items()}}
 
 
+    def hold_gil_until_set(flags):
+        """Spin without ever offering this clone's GIL until another clone sets flags[0].
+
+        With one GIL shared by both clones the setter could never run: the spin
+        would time out. Independent GILs let it through whatever the machine's load.
+        """
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(1000.0)
+        try:
+            flags[1] = 1
+            deadline = time.monotonic() + 60
+            while not flags[0]:
+                if time.monotonic() > deadline:
+                    return "timed out"
+            return "released"
+        finally:
+            sys.setswitchinterval(old)
+
+
+    def set_flag(flags):
+        flags[0] = 1
+        return sys._gilclone_index
+
+
     if __name__ == "__main__":
-        from gilclone.pool import ClonePool
+        from gilclone.pool import ClonePool, shared
 
         root, n, tasks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
         t0 = time.perf_counter()
@@ -244,6 +268,12 @@ POOL_SCRIPT = textwrap.dedent('''
             b = ctypes.WinDLL(rec.libpython).Py_IsInitialized
             host = ctypes.pythonapi.Py_IsInitialized
             forwarding.append([ctypes.cast(x, ctypes.c_void_p).value for x in (a, b, host)])
+        flags = bytearray(2)
+        holder = pool.submit(hold_gil_until_set, shared(flags))
+        while not flags[1]:
+            time.sleep(0.01)
+        setter = pool.submit(set_flag, shared(flags))
+        gils = [holder.result(), setter.result()]
         s0 = time.perf_counter()
         expected = [work(n) for _ in range(tasks)]
         serial = time.perf_counter() - s0
@@ -257,7 +287,7 @@ POOL_SCRIPT = textwrap.dedent('''
         pool.shutdown()
         print(json.dumps({"started_s": started, "probes": probes, "serial_s": serial,
                           "parallel_s": parallel, "same": got == expected,
-                          "forwarding": forwarding}))
+                          "forwarding": forwarding, "gils": gils}))
 ''')
 
 
@@ -322,11 +352,12 @@ def test_wine_native_prepare_verify_and_pool(version, wine_pythons):
     assert len(set(twins)) == 6  # each clone its own _decimal, _sqlite3 and _ctypes copy
     for via_stable, direct, host in r["forwarding"]:
         assert via_stable == direct != host
+    # Independent GILs, shown without timing: one clone spins holding its GIL while
+    # the other runs. The speed-up is printed for the record, not asserted (load).
+    assert r["gils"][0] == "released" and r["gils"][1] in (0, 1), r
     speedup = r["serial_s"] / min(r["parallel_s"])
     print(f"{version}: clone pool start {r['started_s']:.3f} s, serial {r['serial_s']:.3f} s, "
           f"2 workers {min(r['parallel_s']):.3f} s, speed-up {speedup:.2f}x")
-    if (os.cpu_count() or 1) >= 2:
-        assert speedup > 1.15, r
 
 
 @pytest.mark.slow
