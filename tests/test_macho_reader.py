@@ -214,7 +214,7 @@ def test_export_trie_parser():
     ],
 )
 def test_export_trie_parser_rejects_malformed(blob):
-    with pytest.raises(macho._Malformed):
+    with pytest.raises(macho.MalformedMachO):
         macho.parse_export_trie(blob)
 
 
