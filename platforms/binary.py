@@ -93,7 +93,10 @@ def mapped_file(path) -> Iterator[Tuple[int, bytes]]:
         try:
             view = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:
-            raise BinaryFormatError(path, f"cannot be mapped into memory ({exc})") from None
+            raise BinaryFormatError(
+                path, f"cannot be mapped into memory ({exc}); at {info.st_size} bytes it may "
+                "exceed this process's address-space limit (ulimit -v)"
+            ) from None
         with view:
             yield fd, view
     finally:
