@@ -116,7 +116,17 @@ def test_devices_and_sockets_are_refused(tmp_path):
 # 10 GiB sparse files
 
 
-def _sparse_copy(src, dest):
+@pytest.fixture
+def sparse_files():
+    """Removes the 10 GiB files afterwards: they take no blocks, but look huge to tools."""
+    made = []
+    yield made
+    for path in made:
+        os.unlink(path)
+
+
+def _sparse_copy(src, dest, made):
+    made.append(dest)
     shutil.copyfile(src, dest)
     os.truncate(dest, SPARSE_SIZE)
     support.require(os.stat(dest).st_blocks * 512 < 1 << 30,
@@ -159,9 +169,9 @@ _MEASURE = """
 
 
 @pytest.mark.parametrize("fmt", ["pe", "macho", "elf"])
-def test_sparse_10gib_file_reads_in_bounded_time_and_memory(tmp_path, fmt, capsys):
+def test_sparse_10gib_file_reads_in_bounded_time_and_memory(tmp_path, fmt, capsys, sparse_files):
     src = {"pe": _small_pe, "macho": _thin_macho, "elf": _elf}[fmt]()
-    path = _sparse_copy(src, tmp_path / os.path.basename(src))
+    path = _sparse_copy(src, tmp_path / os.path.basename(src), sparse_files)
     rc, out, err = _child(_MEASURE, path, timeout=300)
     assert rc == 0, err
     got = json.loads(out)
@@ -173,10 +183,10 @@ def test_sparse_10gib_file_reads_in_bounded_time_and_memory(tmp_path, fmt, capsy
 
 
 @pytest.mark.parametrize("fmt", ["pe", "macho"])
-def test_sparse_file_under_an_address_space_limit_is_one_line(tmp_path, fmt):
+def test_sparse_file_under_an_address_space_limit_is_one_line(tmp_path, fmt, sparse_files):
     """The issue's `ulimit -v 4000000`: a MemoryError traceback with exit 1 before."""
     src = _small_pe() if fmt == "pe" else _thin_macho()
-    path = _sparse_copy(src, tmp_path / os.path.basename(src))
+    path = _sparse_copy(src, tmp_path / os.path.basename(src), sparse_files)
     rc, out, err = _cli("inspect", path, limit_as=4_000_000 * 1024, timeout=120)
     if rc == 0:
         assert "extension" in out
@@ -184,7 +194,7 @@ def test_sparse_file_under_an_address_space_limit_is_one_line(tmp_path, fmt):
         _one_line_error(rc, err, str(path))
 
 
-def test_memory_error_in_a_reader_is_one_line(tmp_path):
+def test_memory_error_in_a_reader_is_one_line(tmp_path, sparse_files):
     """A string table of 4 GiB inside a sparse file, read under a 7 GiB address-space limit."""
     data = bytearray(_thin_macho().read_bytes())
     _fat, (sl,) = macho.scan(data)
@@ -193,6 +203,7 @@ def test_memory_error_in_a_reader_is_one_line(tmp_path):
     (symtab,) = sl.find(macho.LC_SYMTAB)
     struct.pack_into("<II", data, symtab.offset + 16, 1 << 20, 0xFFFF0000)  # stroff, strsize
     path = tmp_path / "huge-strtab.so"
+    sparse_files.append(path)
     path.write_bytes(data)
     os.truncate(path, (1 << 20) + 0xFFFF0000 + 4096)
     rc, _out, err = _cli("inspect", path, limit_as=7 << 30, timeout=120)
