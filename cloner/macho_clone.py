@@ -304,7 +304,7 @@ def _exports_by_arch(path: str) -> Dict[str, set]:
     data, _fat, slices = macho.scan_path(path)
     try:
         return {sl.arch: set(macho.export_names(data, sl)) for sl in slices}
-    except macho._Malformed as exc:
+    except macho.MalformedMachO as exc:
         raise BinaryFormatError(path, str(exc)) from None
 
 

@@ -130,7 +130,7 @@ def tokenize_binds(stream: bytes) -> List[BindToken]:
         elif op == BIND_OPCODE_SET_DYLIB_ORDINAL_ULEB:
             try:
                 value, i = macho.read_uleb(stream, i)
-            except macho._Malformed as exc:
+            except macho.MalformedMachO as exc:
                 raise RewriteError(f"bind stream: {exc}") from None
         elif op == BIND_OPCODE_SET_DYLIB_SPECIAL_IMM:
             value = imm - 16 if imm else 0
@@ -523,7 +523,7 @@ def edit_slice(image: bytearray, e: SliceEdits, path: str) -> bytearray:
     """Apply ``e`` to one thin image and sign it; returns the new image."""
     try:
         _fat, (sl,) = macho.scan(image)
-    except macho._Malformed as exc:
+    except macho.MalformedMachO as exc:
         raise BinaryFormatError(path, str(exc)) from None
     page_size = PAGE_SIZES.get(sl.arch, 0x1000)
     image = _strip_signature(bytearray(image), sl, page_size)

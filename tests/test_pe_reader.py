@@ -12,6 +12,7 @@ import struct
 import subprocess
 from typing import Dict, NamedTuple, Tuple
 
+import pefile
 import pytest
 import support
 from gilclone.platforms import binary, pe
@@ -371,6 +372,22 @@ def sample_bytes():
     """A small real PE image (select.pyd of 3.13) to damage."""
     folder = windows_embed.embed_dir("3.13")
     return (folder / "select.pyd").read_bytes()
+
+
+@pytest.mark.parametrize("tail", [b"", b"\x01", b"\x01\x02", b"\x01\x02\x03", "hole"])
+def test_checksum_matches_pefile(tmp_path, sample_bytes, tail):
+    """The reader sums the file in chunks over its data extents; pefile sums it whole.
+
+    Odd lengths, and a 1 MiB hole before a last byte, must give pefile's answer.
+    """
+    path = tmp_path / "sample.pyd"
+    path.write_bytes(sample_bytes + (b"" if tail == "hole" else tail))
+    if tail == "hole":
+        with open(path, "r+b") as f:
+            f.seek(len(sample_bytes) + (1 << 20) + 1)
+            f.write(b"\x07")
+    want = pefile.PE(str(path), fast_load=True).generate_checksum()
+    assert pe.read(path).facts.computed_checksum == want
 
 
 def _layout(data: bytes):
