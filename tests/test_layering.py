@@ -7,8 +7,6 @@ written inside functions, which is where a loop used to hide.
 import ast
 import os
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Folder on disk -> package it installs as.
@@ -173,7 +171,6 @@ def test_import_cycle_detection_works():
     assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-@pytest.mark.xfail(reason="doctor/builders loop is being taken apart (#9)", strict=True)
 def test_no_import_cycles_even_inside_functions():
     # A package __init__ importing its own submodules is not a loop worth reporting.
     graph = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in module_graph().items()}

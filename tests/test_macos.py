@@ -527,24 +527,26 @@ def test_doctor_macos_findings(homes, tmp_path):
     from gilclone.cloner import doctor
 
     install = home_macos.install_from_home(homes["x86_64"])
-    findings = doctor.diagnose(install, str(tmp_path / "cache"), environ={})
+    deep_cache = "/" + "d" * 5000
+    # The cache asked for (--cache) is what counts, not GILCLONE_CACHE.
+    findings = doctor.diagnose(install, str(tmp_path / "cache"), environ={"GILCLONE_CACHE": deep_cache})
     codes = {f.code: f for f in findings}
     assert "macos-not-run" in codes and "not yet run on a Mac" in codes["macos-not-run"].seen
     assert "macos-flat-extensions" in codes
     assert "macos-header-padding" not in codes and not doctor.has_errors(findings)
-    # A cache directory so deep that the clone's path does not fit the padding of some modules.
-    deep = macho_clone.doctor_findings(install, macho.read(install.libpython), {}, cache_root="/" + "d" * 5000)
+    # A cache directory (--cache) so deep that the clone's path does not fit the padding of some modules.
+    deep = doctor.diagnose(install, deep_cache, environ={})
     deep_codes = {f.code: f for f in deep}
     assert deep_codes["macos-header-padding"].severity == doctor.ERROR
     assert "_sfc64" in deep_codes["macos-header-padding"].seen
     assert deep_codes["macos-libpython-header-padding"].severity == doctor.ERROR
     env = {"DYLD_FORCE_FLAT_NAMESPACE": "1", "DYLD_INSERT_LIBRARIES": "/tmp/x.dylib"}
-    codes = {f.code: f for f in macho_clone.dyld_environment_findings("/usr/bin/python3", env)}
+    codes = {f.code: f for f in doctor.macos.dyld_environment_findings("/usr/bin/python3", env)}
     assert codes["dyld-force-flat-namespace"].severity == doctor.ERROR
     assert codes["dyld-insert-libraries"].severity == doctor.WARNING
     assert codes["dyld-sip-stripped"].severity == doctor.WARNING
     assert "DYLD_FORCE_FLAT_NAMESPACE" in codes["dyld-sip-stripped"].seen
-    codes = {f.code for f in macho_clone.dyld_environment_findings("/opt/homebrew/bin/python3", {})}
+    codes = {f.code for f in doctor.macos.dyld_environment_findings("/opt/homebrew/bin/python3", {})}
     assert codes == set()
 
 
@@ -557,7 +559,7 @@ def test_doctor_rpath_and_static_host(tmp_path, homes):
     odd.parent.mkdir(parents=True)
     w.apply(ext, odd, w.MachoEdits(rename_dylibs={
         "@loader_path/../.dylibs/libscipy_openblas64_.dylib": "@rpath/libscipy_openblas64_.dylib"}))
-    problems = macho_clone.extension_problems(str(odd), "/c/libgc.dylib")
+    problems = doctor.macos.extension_problems(str(odd), "/c/libgc.dylib")
     assert problems["rpath"] == ["@rpath/libscipy_openblas64_.dylib"] and problems["flat_py"] > 0
     (tmp_path / "bin").mkdir()
     install = home_macos.install_from_home(str(tmp_path))
