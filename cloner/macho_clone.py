@@ -32,7 +32,7 @@ import os
 import struct
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from gilclone.cloner import codesign, macho_writer, naming, store
+from gilclone.cloner import codesign, macho_binds, macho_commands, macho_writer, naming, store
 from gilclone.cloner.built_clone import BuiltClone
 from gilclone.platforms import macho
 from gilclone.platforms.classify import python_version_from_libname
@@ -111,7 +111,7 @@ def resolve_rpath(name: str, rpaths: Sequence[str], loader_dir: str,
     """The file an ``@rpath/`` name finds through ``rpaths`` of an image in ``loader_dir``."""
     rest = name[len("@rpath/"):]
     for rp in rpaths:
-        base = macho_writer.resolve_loader_path(rp, loader_dir) or rp
+        base = macho_commands.resolve_loader_path(rp, loader_dir) or rp
         if base.startswith("@"):
             continue  # @executable_path: depends on the program, not on where the image is
         path = os.path.join(base, rest)
@@ -136,7 +136,7 @@ def reference_problems(source: str, copy: str, exists: Callable[[str], bool] = o
         old_loads, new_loads = load_names(src_data, ssl), load_names(data, sl)
         old_rp, new_rp = rpath_names(src_data, ssl), rpath_names(data, sl)
         for old, new in list(zip(old_loads, new_loads)) + list(zip(old_rp, new_rp)):
-            want = macho_writer.resolve_loader_path(old, src_dir)
+            want = macho_commands.resolve_loader_path(old, src_dir)
             if want is None:
                 continue
             if new != want:
@@ -285,7 +285,7 @@ def twin_bind_problems(twin: str, clone_name: str, clone_exports: Mapping[str, s
             problems.append(f"{sl.arch}: does not load {clone_name}")
             continue
         ordinal = loads.index(clone_name) + 1
-        binds = macho_writer.python_binds(data, sl)
+        binds = macho_binds.python_binds(data, sl)
         count += len(binds)
         wrong = sorted({n for n, o in binds if o != ordinal})
         if wrong:

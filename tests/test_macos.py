@@ -24,7 +24,14 @@ import subprocess
 import sys
 
 import pytest
-from gilclone.cloner import codesign, macho_clone, store
+from gilclone.cloner import (
+    codesign,
+    macho_binds,
+    macho_clone,
+    macho_commands,
+    macho_linkedit,
+    store,
+)
 from gilclone.cloner import macho_writer as w
 from gilclone.cloner.extensions import TwinFactory
 from gilclone.platforms import home_macos, macho, probe
@@ -119,7 +126,7 @@ def _standin_slice(image: bytes, install_name: str, names, path: str) -> bytes:
     image = bytearray(image)
     _f, (sl,) = macho.scan(image)
     page = w.PAGE_SIZES.get(sl.arch, 0x1000)
-    image = w._strip_signature(image, sl, page)
+    image = macho_linkedit.strip_signature(image, sl, page)
     _f, (sl,) = macho.scan(image)
     (info,) = sl.find(macho.LC_DYLD_INFO, macho.LC_DYLD_INFO_ONLY)
     off, size = struct.unpack_from(sl.endian + "II", image, info.offset + 40)
@@ -127,10 +134,10 @@ def _standin_slice(image: bytes, install_name: str, names, path: str) -> bytes:
     address = next(t for t in exports.values() if t[0] == 0)[1:]  # flags 0: a regular export
     for name in names:
         exports.setdefault(name, b"\0" + address)
-    image, new_size = w._replace_blob(image, sl, off, size, build_trie(exports), page)
+    image, new_size = macho_linkedit.replace_blob(image, sl, off, size, build_trie(exports), page)
     struct.pack_into(sl.endian + "I", image, info.offset + 44, new_size)
     _f, (sl,) = macho.scan(image)
-    image = w._edit_commands(image, sl, w.SliceEdits(new_id=install_name, fresh_uuid=False), path)
+    image = macho_commands.edit_commands(image, sl, macho_commands.SliceEdits(new_id=install_name, fresh_uuid=False), path)
     return bytes(codesign.sign_slice(image, os.path.basename(install_name), page))
 
 
@@ -185,7 +192,7 @@ def build_home(base, which: str) -> str:
     for ext in extensions:
         data, _fat, slices = macho.scan_path(ext)
         for sl in slices:
-            names.update(n.encode() for n, _o in w.python_binds(data, sl))
+            names.update(n.encode() for n, _o in macho_binds.python_binds(data, sl))
     files, root = _wheel_root(lib_key)
     libpython = os.path.join(home, "lib", f"libpython{SHORT}.dylib")
     make_standin_libpython(os.path.join(root, lib_rel), libpython, libpython, sorted(names))

@@ -9,7 +9,7 @@ import os
 import struct
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from gilclone.cloner import macho_clone, macho_writer
+from gilclone.cloner import macho_binds, macho_clone, macho_commands
 from gilclone.cloner.doctor.findings import ERROR, INFO, WARNING, Context, Finding, listed
 from gilclone.cloner.doctor.scan import scan_capped_findings, scan_files
 from gilclone.platforms import macho
@@ -98,7 +98,7 @@ def extension_problems(path: str, clone_name: str) -> Dict[str, object]:
         loads = macho_clone.load_names(data, sl)
         if not sl.flags & MH_TWOLEVEL:
             out["flat_image"] = True
-        binds = macho_writer.python_binds(data, sl)
+        binds = macho_binds.python_binds(data, sl)
         out["flat_py"] += sum(1 for _n, o in binds if o == BIND_SPECIAL_DYLIB_FLAT_LOOKUP)
         linked = [n for n in loads if (python_version_from_libname(n) or "").startswith("3")]
         out["links_libpython"] += linked
@@ -122,7 +122,7 @@ def _header_growth(data: bytes, sl: macho.RawSlice, src_dir: str, added: Optiona
     need += 0 if sl.find(LC_CODE_SIGNATURE) else 16
     need += 0 if sl.find(LC_UUID) else 24
     for c in sl.find(*macho.LOAD_DYLIB_COMMANDS, LC_RPATH):
-        new = macho_writer.resolve_loader_path(macho.lc_str(data, sl, c), src_dir)
+        new = macho_commands.resolve_loader_path(macho.lc_str(data, sl, c), src_dir)
         if new is not None:
             size = _rpath_cmd_size(new) if c.cmd == LC_RPATH else _dylib_cmd_size(new)
             need += max(0, size - c.cmdsize)
