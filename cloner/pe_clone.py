@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Tuple
 from gilclone.cloner import naming, pe_writer, store
 from gilclone.cloner.built_clone import BuiltClone
 from gilclone.platforms import pe as pe_reader
+from gilclone.platforms.home_windows import read_pth
 
 from gilclone.errors import BinaryFormatError, CloneError
 
@@ -89,8 +90,6 @@ def find_case_blind(home: str, name: str) -> Optional[str]:
 def pth_entries(home: str, stem: str) -> List[str]:
     """Absolute paths (host notation) of what the home's ``<stem>._pth`` lists, or of the
     usual layout of a full installation when it has none."""
-    from gilclone.platforms.home_windows import read_pth
-
     pth = find_case_blind(home, f"{stem}._pth")
     entries, _site = read_pth(pth) if pth else (None, False)
     if entries is None:
