@@ -219,10 +219,14 @@ def scan_extension_dirs(
         if api is None:
             unreadable += 1
         elif api[0] and not api[1]:
-            top = next(d for d in dirs if path.startswith(os.path.join(d, "")))
-            package = os.path.relpath(path, top).split(os.sep)[0]
-            libraries.append(PythonApiLibrary(path, package, api[0]))
+            libraries.append(PythonApiLibrary(path, _package_of(path, dirs), api[0]))
     return ExtensionScan(tuple(extensions), tuple(libraries), unreadable, files)
+
+
+def _package_of(path: str, dirs: Sequence[str]) -> str:
+    """The top directory of ``path`` below the scanned directory it was found in."""
+    top = next((d for d in dirs if path.startswith(os.path.join(d, ""))), os.path.dirname(path))
+    return os.path.relpath(path, top).split(os.sep)[0]
 
 
 def python_api_imports(path: str) -> Optional[Tuple[int, bool]]:
