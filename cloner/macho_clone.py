@@ -36,6 +36,7 @@ from gilclone.cloner import codesign, macho_binds, macho_commands, macho_writer,
 from gilclone.cloner.built_clone import BuiltClone
 from gilclone.platforms import macho
 from gilclone.platforms.classify import python_version_from_libname
+from macholib.mach_o import LC_RPATH, MH_TWOLEVEL
 
 from gilclone.errors import BinaryFormatError, CloneError, RewriteError
 
@@ -103,7 +104,7 @@ def load_names(data: bytes, sl: macho.RawSlice) -> List[str]:
 
 
 def rpath_names(data: bytes, sl: macho.RawSlice) -> List[str]:
-    return [macho.lc_str(data, sl, c) for c in sl.find(macho.LC_RPATH)]
+    return [macho.lc_str(data, sl, c) for c in sl.find(LC_RPATH)]
 
 
 def resolve_rpath(name: str, rpaths: Sequence[str], loader_dir: str,
@@ -279,7 +280,7 @@ def twin_bind_problems(twin: str, clone_name: str, clone_exports: Mapping[str, s
     problems, count = [], 0
     for sl in slices:
         loads = load_names(data, sl)
-        if not sl.flags & macho.MH_TWOLEVEL:
+        if not sl.flags & MH_TWOLEVEL:
             problems.append(f"{sl.arch}: not a two-level namespace image")
         if clone_name not in loads:
             problems.append(f"{sl.arch}: does not load {clone_name}")
