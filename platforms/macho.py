@@ -37,8 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
 
-from gilclone.platforms.binary import mapped_file
 from gilclone.platforms.classify import classify
+from gilclone.platforms.fileaccess import mapped_file
 from gilclone.platforms.model import FORMAT_MACHO, BinaryInfo, MachoFacts, MachoSlice
 from macholib.mach_o import (
     FAT_MAGIC,

@@ -30,7 +30,7 @@ import struct
 
 import pefile
 from gilclone.platforms import classify
-from gilclone.platforms.binary import mapped_file
+from gilclone.platforms.fileaccess import mapped_file
 from gilclone.platforms.model import FORMAT_PE, BinaryInfo, PeFacts, PeSection
 
 from gilclone.errors import BinaryFormatError

@@ -164,7 +164,7 @@ def test_doctor_windows_findings(cross_sets, tmp_path):
     shutil.copytree(dest, cache / "b")  # the same names twice: a collision
     os.remove(os.path.splitext(store.load_set(str(cache / "b")).clones[1].libpython)[0] + "._pth")
     inst = install_from_home(str(home))
-    found = doctor.diagnose(inst, str(cache), environ={"GILCLONE_CACHE": str(cache)})
+    found = doctor.diagnose(inst, str(cache), environ={})  # --cache, not GILCLONE_CACHE
     codes = {f.code: f for f in found}
     assert codes["win-dll-name-collision"].severity == "error"
     assert "win-pth-missing" in codes and "clone-01" in codes["win-pth-missing"].seen
@@ -176,12 +176,12 @@ def test_doctor_windows_findings(cross_sets, tmp_path):
     bare = [store.CloneSet(s.root, s.set_id, s.python, tuple(
         store.CloneRecord(c.index, c.directory, c.soname, "PE", c.renames[:1]) for c in s.clones))
         for s in sets]
-    f = pe_clone.abi3_findings(inst, ["x.abi3.pyd"], bare, doctor.Finding)
+    f = doctor.windows.abi3_findings(inst, ["x.abi3.pyd"], bare)
     assert [x.code for x in f] == ["win-abi3-no-python3-dll"]
 
 
 def test_windows_doctor_codes_are_documented():
-    source = (ROOT / "cloner" / "pe_clone.py").read_text()
+    source = (ROOT / "cloner" / "doctor" / "windows.py").read_text()
     codes = set(re.findall(r'Finding\(\s*"([a-z0-9-]+)"', source))
     assert len(codes) == 4
     docs = (ROOT / "docs" / "doctor.md").read_text()
