@@ -1,12 +1,13 @@
 """`gilclone doctor --pid`: what a running process has loaded, read from /proc."""
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from gilclone.cloner.process_map import inspect_process, summary_lines
+from gilclone.cloner.doctor.process import inspect_process, summary_lines
 from gilclone.platforms import procmaps
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
@@ -105,3 +106,22 @@ def test_plain_process_shows_the_host_alone(tmp_path):
     assert report.extensions and all(e.bound_to == host.path for e in report.extensions)
     assert all(e.clone_index is None for e in report.extensions)
     assert report.duplicates == ()
+
+
+def test_cli_reads_a_process_and_refuses_a_missing_one(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", PLAIN_CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        run = subprocess.run([sys.executable, "-m", "gilclone", "doctor", "--pid", str(child.pid),
+                              "--json"], capture_output=True, text=True, timeout=120)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["ok"] and [lp["role"] for lp in out["libpythons"]] == ["host"]
+    gone = subprocess.run([sys.executable, "-m", "gilclone", "doctor", "--pid", str(2**22 + 7)],
+                          capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 2 and "no such process" in gone.stderr
+    assert "Traceback" not in gone.stderr

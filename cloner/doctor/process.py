@@ -228,6 +228,13 @@ def _duplicates(infos, homes) -> Tuple[DuplicateLibrary, ...]:
     return tuple(out)
 
 
+def has_conflicts(report: ProcessReport) -> bool:
+    """A second libpython that is not a clone, or a library loaded twice that is not a twin."""
+    return any(lp.role == "foreign" for lp in report.libpythons) or any(
+        not d.clone_copies for d in report.duplicates
+    )
+
+
 def summary_lines(report: ProcessReport) -> List[str]:
     """The report as a person reads it."""
     lines = [f"process {report.pid} ({report.executable or 'executable unknown'})"]
