@@ -117,6 +117,7 @@ def test_gilclone_log_reaches_the_cli():
     assert (logging.INFO, "gilclone.platforms.locate") in _records(result.stderr)[0]
 
 
+@pytest.mark.slow
 def test_prepare_verbose_logs_the_build(tmp_path):
     dest = tmp_path / "set"
     result = _cli("prepare", "-v", "--count", "1", "--dest", dest, "--json")

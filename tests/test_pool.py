@@ -93,6 +93,7 @@ def test_asyncio_run_in_executor(pool):
     assert asyncio.run(main()) == list(range(1, 11))
 
 
+@pytest.mark.slow
 def test_thousands_of_tiny_tasks_on_more_workers_than_cores():
     workers = (os.cpu_count() or 1) + 2
     with ClonePool(workers) as p:
@@ -186,6 +187,7 @@ def test_shared_outside_a_task_is_refused():
         shared(object())
 
 
+@pytest.mark.slow
 def test_shared_one_gib_buffer_costs_no_copy(pool):
     small = bytearray(4096)
     big = bytearray(1 << 30)
