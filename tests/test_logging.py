@@ -61,9 +61,9 @@ def test_library_logger_has_a_null_handler():
 
 def test_configure_replaces_its_own_handler_and_keeps_others():
     root = logging.getLogger(log.ROOT_LOGGER)
+    saved, before = list(root.handlers), root.level
     mine = logging.NullHandler()
     root.addHandler(mine)
-    before = root.level
     try:
         first, second = io.StringIO(), io.StringIO()
         log.configure(logging.INFO, first)
@@ -73,9 +73,9 @@ def test_configure_replaces_its_own_handler_and_keeps_others():
         assert log.parse_line(second.getvalue().strip()) == (
             logging.DEBUG, "gilclone.cloner.prepare", "hello 7")
         assert mine in root.handlers
-    finally:
-        root.removeHandler(mine)
-        log.configure(before or logging.WARNING)
+    finally:  # leave the library as it was: quiet, for the tests that follow
+        root.handlers[:] = saved
+        root.setLevel(before)
 
 
 def test_a_formatted_line_parses_back():
