@@ -9,8 +9,10 @@ the copy's new place).
 """
 
 import hashlib
+import logging
 import os
 import threading
+import time
 import uuid
 from typing import Dict
 
@@ -21,6 +23,8 @@ from gilclone.cloner.filelock import FileLock
 from gilclone.errors import BinaryFormatError, CloneError
 
 TWIN_FILE = "twin.json"
+
+log = logging.getLogger(__name__)
 
 
 class TwinFactory:
@@ -52,7 +56,9 @@ class TwinFactory:
         with FileLock(os.path.join(self.record.ext_dir, ".lock")):
             if _is_current(twin_dir, twin, source):
                 return twin
+            t0 = time.perf_counter()
             self._build(source, twin_dir, base)
+        log.info("clone %d: built twin of %s in %.2f s", self.record.index, source, time.perf_counter() - t0)
         return twin
 
     def _build(self, source: str, twin_dir: str, base: str) -> None:

@@ -2,8 +2,9 @@
 
 import errno
 import hashlib
+import logging
 import os
-import sys
+import time
 import uuid
 from typing import Callable, Optional
 
@@ -16,7 +17,11 @@ from gilclone.platforms.model import KIND_LIBPYTHON, PythonInstall
 
 from gilclone.errors import CacheLocationError, CloneError, LocateError
 
+# progress(done, total, what): how many of the set's clones are ready, and what is being
+# done now. The CLI draws it; the cloner only reports.
 Progress = Callable[[int, int, str], None]
+
+log = logging.getLogger(__name__)
 
 
 def set_id_for(install: PythonInstall, libpython_sha256: str) -> str:
@@ -48,12 +53,15 @@ def prepare(
     lock), and after a killed run (its temporary directories are removed).
     """
     if not 1 <= count <= naming.MAX_CLONES:
-        raise CloneError(f"--count must be between 1 and {naming.MAX_CLONES}, not {count}")
+        # Worded for every caller: the CLI's --count and ClonePool(max_workers) both land here.
+        raise CloneError(f"the number of clones must be between 1 and {naming.MAX_CLONES}, not {count}")
+    started = time.perf_counter()
     install = install or locate(python)
     libpython = _source_libpython(install)
     sha = store.sha256_file(libpython)
     set_id = set_id_for(install, sha)
     root = os.path.abspath(dest or default_set_dir(install, set_id))
+    log.info("clone set of %s (Python %s): %s", libpython, install.version, root)
     store.check_writable_location(root)
     try:
         with FileLock(os.path.join(root, ".lock")):
@@ -63,10 +71,15 @@ def prepare(
                 record = _existing(root, index)
                 problem = store.check_clone(record, full=True) if record else "missing"
                 if problem is None:
+                    log.debug("clone %d in %s is intact: reused", index, root)
                     continue
                 if progress:
-                    progress(index + 1, count, f"building clone {index} ({problem})")
+                    progress(index, count, f"building clone {index} ({problem})")
+                t0 = time.perf_counter()
                 _build_clone(root, index, libpython, naming_id(set_id, root))
+                log.info("built clone %d (%s) in %.2f s", index, problem, time.perf_counter() - t0)
+                if progress:
+                    progress(index + 1, count, f"built clone {index}")
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CacheLocationError(
@@ -75,6 +88,7 @@ def prepare(
                 "choose another directory with --dest or GILCLONE_CACHE"
             ) from None
         raise CloneError(f"{root}: preparing clones failed: {exc}") from None
+    log.info("clone set %s ready (%d clones) in %.2f s", root, count, time.perf_counter() - started)
     return store.load_set(root)
 
 
@@ -170,14 +184,6 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def terminal_progress(done: int, total: int, what: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r[{done}/{total}] {what}\x1b[K")
-        sys.stderr.flush()
-        if done == total:
-            sys.stderr.write("\n")
-
-
 _known_sets = {}  # (libpython, size, mtime_ns, inode, dest) -> set directory, for this process
 INDEX_FILE = "sources.json"
 
@@ -199,6 +205,7 @@ def ensure_set(count: int, dest: Optional[str] = None, python: Optional[str] = N
         usable = [r for r in cset.clones if r.index < count]
         if len(usable) >= count and all(store.check_clone(r) is None for r in usable):
             _known_sets[key] = root
+            log.debug("clone set %s found intact for %d clones", root, count)
             return cset
     cset = prepare(count, dest=dest, install=install)
     _known_sets[key] = cset.root

@@ -7,6 +7,7 @@ Each check returns (ok, detail) with what was measured.
 
 import ctypes
 import json
+import logging
 import os
 import re
 import sys
@@ -19,6 +20,8 @@ from gilclone.cloner.load import clone_for, python_for_host
 from gilclone.platforms.binary import read_binary
 
 from gilclone.errors import GilcloneError
+
+log = logging.getLogger("gilclone.cloner.verify_child")  # run as __main__, named all the same
 
 Check = Tuple[str, bool, str]
 PROBE_MODULE = "_decimal"  # has C-level static state (DefaultContext) worth comparing
@@ -76,10 +79,12 @@ class Verifier:
         self.checks: List[Check] = []
 
     def add(self, name: str, fn: Callable[[], Tuple[bool, str]]) -> bool:
+        t0 = time.perf_counter()
         try:
             ok, detail = fn()
         except (GilcloneError, OSError, ValueError) as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
+        log.info("%s %s in %.2f s: %s", name, "holds" if ok else "FAILED", time.perf_counter() - t0, detail)
         self.checks.append((name, bool(ok), detail))
         return ok
 

@@ -1,6 +1,7 @@
 """``ClonePool``: a concurrent.futures Executor whose workers are clones in this process."""
 
 import itertools
+import logging
 import os
 import queue
 import sys
@@ -18,6 +19,8 @@ from gilclone.pool.errors import BrokenClonePool
 from gilclone.pool.worker import WorkerContext, main_module_location
 
 from gilclone.errors import GilcloneError, PythonVersionError
+
+log = logging.getLogger(__name__)
 
 _leased = set()  # libpython paths of clones in use by a live pool in this process
 _lease_lock = threading.Lock()
@@ -54,6 +57,8 @@ class ClonePool(Executor):
         self._max_workers = max_workers
         cset = self._clone_set(clones, python, max_workers)
         self._records = _lease(cset, max_workers)
+        log.info("pool of %d workers on clones %s of %s", max_workers,
+                 ", ".join(str(r.index) for r in self._records), cset.root)
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False

@@ -7,6 +7,7 @@ results cross through a transport buffer that both sides address directly.
 """
 
 import ctypes
+import logging
 import os
 import pickle
 import struct
@@ -20,6 +21,8 @@ from gilclone.pool import inclone, sharing
 from gilclone.pool.errors import RemoteTraceback, TaskPicklingError
 
 from gilclone.errors import CloneLoadError
+
+log = logging.getLogger(__name__)
 
 INITIAL_BUFFER = 64 * 1024
 _HEADER = struct.Struct("<QQ")  # payload length, status (see inclone.py)
@@ -63,6 +66,7 @@ class WorkerContext:
         finally:
             self._tstate = api.PyEval_SaveThread()
         self.started = True
+        log.info("worker on clone %d started", self.clone.index)
         if initializer is not None:
             self.call(initializer, tuple(initargs), {})
 
@@ -123,6 +127,7 @@ class WorkerContext:
         self._tstate = None
         self._attached = False
         api.PyGILState_Release(self._gil)
+        log.info("worker on clone %d stopped", self.clone.index)
 
     # -- holding the clone's GIL -------------------------------------------------
     #

@@ -219,6 +219,7 @@ def host_libpython():
     return install.libpython
 
 
+@pytest.mark.slow
 def test_soname_rewrite_in_place_changes_only_the_soname(tmp_path, host_libpython, monkeypatch):
     original, offset = soname_file_offset(host_libpython)
     new = naming.clone_soname(original, SET_ID, 7)
@@ -384,6 +385,7 @@ def test_enough_pythons_found():
     require_enough_pythons(PYTHONS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version,exe", PYTHONS, ids=[v for v, _ in PYTHONS])
 def test_prepare_and_verify(prepared, version, exe):
     dest, info = prepared(exe)
@@ -408,6 +410,7 @@ def other_version_python():
     return next(((v, exe) for v, exe in PYTHONS if v != running), None)
 
 
+@pytest.mark.slow
 def test_verify_checks_the_sets_own_extension(prepared):
     other = other_version_python()
     support.require(other, "no pyenv Python of a version other than the running one")
@@ -436,6 +439,7 @@ def broken(prepared, tmp_path):
     return str(copy)
 
 
+@pytest.mark.slow
 def test_original_soname_is_caught(broken):
     clone = os.path.join(broken, "clone-01")
     record = record_of(broken, "clone-01")
@@ -456,6 +460,7 @@ def test_original_soname_is_caught(broken):
     assert "[1]" in sonames["detail"] and original in sonames["detail"], sonames["detail"]
 
 
+@pytest.mark.slow
 def test_unbound_extension_copy_is_caught(broken):
     record = record_of(broken, "clone-01")
     source = host_extension("_decimal")
@@ -486,6 +491,7 @@ def test_unbound_extension_copy_is_caught(broken):
     assert "extension_state_isolation" not in {c["name"] for c in report["checks"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["append", "truncate"])
 def test_damaged_libpython_is_caught_and_rebuilt(broken, damage):
     record = record_of(broken, "clone-00")
@@ -514,6 +520,7 @@ def test_damaged_libpython_is_caught_and_rebuilt(broken, damage):
 # -- 5. prepare under concurrency, SIGKILL and bad input -------------------------------------
 
 
+@pytest.mark.slow
 def test_concurrent_prepares_share_one_set(tmp_path):
     dest = tmp_path / "set"
     cmd = [sys.executable, "-m", "gilclone", "prepare", "--count", "4", "--dest", str(dest), "--json"]
@@ -557,6 +564,7 @@ def assert_complete_clones_only(dest):
         assert problem is None, f"{name}: {problem}"
 
 
+@pytest.mark.slow
 def test_killed_prepare_leaves_only_complete_clones(tmp_path):
     dest = tmp_path / "set"
     stages = [
@@ -614,6 +622,7 @@ def test_missing_python(tmp_path):
     one_line_error(out, str(tmp_path / "nope"))
 
 
+@pytest.mark.slow
 def test_dest_holding_another_pythons_set(tmp_path, prepared):
     fake = tmp_path / "fake"
     fake.mkdir()
@@ -660,6 +669,7 @@ os._exit(0)
 """
 
 
+@pytest.mark.slow
 def test_two_sets_of_one_python_in_one_process(prepared, tmp_path):
     dest, _ = prepared(sys.executable)
     second = tmp_path / "second"
@@ -675,6 +685,7 @@ def test_two_sets_of_one_python_in_one_process(prepared, tmp_path):
     assert run.stdout.strip().splitlines()[-1] == "['21', '22']"
 
 
+@pytest.mark.slow
 def test_clone_without_manifest_is_reported_not_dropped(broken):
     os.remove(os.path.join(broken, "clone-01", "manifest.json"))
     code, report = verify_json(broken)

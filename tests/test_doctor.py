@@ -475,6 +475,7 @@ def _pyenv_pythons():
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("python", _pyenv_pythons() or ["<no pyenv python>"])
 def test_real_pyenv_python(python, tmp_path):
     support.require(os.path.exists(python), f"pyenv pythons under {PYENV}")
@@ -492,6 +493,7 @@ def codes_of(doc):
     return [f["code"] for f in doc["findings"]]
 
 
+@pytest.mark.slow
 def test_real_debian_static_host(tmp_path):
     support.require(os.path.exists(DEBIAN_PYTHON), f"{DEBIAN_PYTHON} (Debian python3.11)")
     out = _run_doctor("--python", DEBIAN_PYTHON, "--cache", str(tmp_path))
@@ -518,6 +520,7 @@ def _jemalloc(tmp_path):
     return None
 
 
+@pytest.mark.slow
 def test_real_run_with_jemalloc_preload_in_environ(tmp_path):
     jemalloc = _jemalloc(tmp_path)
     support.require(jemalloc, "a libjemalloc shared library (installed, or its .deb in the apt cache)")

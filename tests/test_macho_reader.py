@@ -271,6 +271,7 @@ def _oracle(path, arch):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", sorted(mw.WHEELS))
 def test_reader_matches_llvm_tools(key):
     files = wheel_files(key)

@@ -91,6 +91,7 @@ def test_chained_imports_rewrite():
 # Real files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["numpy-x86_64", "cryptography-abi3"])
 def test_clone_dylib_four_times(tmp_path, key):
     """Stand-ins for libpython: dylibs with an install name, thin and universal."""
@@ -120,6 +121,7 @@ def test_clone_dylib_four_times(tmp_path, key):
         assert len(names) == N_CLONES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", sorted(mw.WHEELS))
 def test_rebind_extensions(tmp_path, key):
     extensions = [p for p in wheel_files(key) if macho.read(p).kind == "extension"]

@@ -222,6 +222,7 @@ def test_trie_round_trip():
     assert sorted(macho.parse_export_trie(trie)) == sorted(n.decode() for n in exports)
 
 
+@pytest.mark.slow
 def test_standin_home_reads_as_a_python(homes):
     for which, home in homes.items():
         install = home_macos.install_from_home(home)
@@ -240,6 +241,7 @@ def test_standin_home_reads_as_a_python(homes):
         codesign.verify_file(lib)
 
 
+@pytest.mark.slow
 def test_home_layouts(tmp_path, homes):
     src = os.path.join(homes["x86_64"], "lib", "libpython3.12.dylib")
     # Framework build: Versions/3.12/Python; the framework root is accepted too.
@@ -319,6 +321,7 @@ def llvm_checked_pages(path, arch) -> int:
     return nslots
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", sorted(HOMES))
 def test_prepare_verify_twins_end_to_end(tmp_path, homes, which):
     home = homes[which]
@@ -392,6 +395,7 @@ def test_prepare_verify_twins_end_to_end(tmp_path, homes, which):
     assert checks["signatures_extension_copies"]["ok"]
 
 
+@pytest.mark.slow
 def test_static_checks_catch_damage(tmp_path, homes):
     home = homes["x86_64"]
     dest = str(tmp_path / "set")
@@ -423,6 +427,7 @@ def test_static_checks_catch_damage(tmp_path, homes):
 # The twin builder's choices
 
 
+@pytest.mark.slow
 def test_loader_path_base_made_absolute(tmp_path, homes):
     """@loader_path loads and LC_RPATH entries name the original's directory in the copy."""
     site = os.path.join(homes["x86_64"], "lib", "python3.12", "site-packages", "numpy")
@@ -450,6 +455,7 @@ def test_loader_path_base_made_absolute(tmp_path, homes):
     codesign.verify_file(out)
 
 
+@pytest.mark.slow
 def test_twin_of_a_module_that_links_libpython(tmp_path, homes):
     """A module linked against libpython by name: that load is renamed, no second one added."""
     ext = [e for e in _extensions(homes["x86_64"]) if "_sfc64" in e][0]
@@ -530,6 +536,7 @@ def test_load_flags_on_macos(monkeypatch):
 # doctor on macOS, with the real files
 
 
+@pytest.mark.slow
 def test_doctor_macos_findings(homes, tmp_path):
     from gilclone.cloner import doctor
 
@@ -557,6 +564,7 @@ def test_doctor_macos_findings(homes, tmp_path):
     assert codes == set()
 
 
+@pytest.mark.slow
 def test_doctor_rpath_and_static_host(tmp_path, homes):
     from gilclone.cloner import doctor
 

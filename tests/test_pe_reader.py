@@ -245,7 +245,7 @@ class Embed(NamedTuple):
 _EMBEDS = {}
 
 
-@pytest.fixture(params=VERSIONS, scope="module")
+@pytest.fixture(params=support.fast_once(VERSIONS, VERSIONS[-1]), scope="module")
 def embed(request):
     """One embeddable build with the oracle's view of all its binaries (run once)."""
     version = request.param
@@ -278,6 +278,7 @@ def _exports(embed, name):
 # --- the real files -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_libpython(embed):
     name = f"python{embed.tag}.dll"
     info = pe.read(embed.dir / name)
@@ -304,6 +305,7 @@ def test_stable_abi_forwarder(embed):
     assert info.needed == ()
 
 
+@pytest.mark.slow
 def test_extension_modules(embed):
     pyds = [f for f in embed.files if f.endswith(".pyd")]
     assert len(pyds) > 10
@@ -325,6 +327,7 @@ def test_executable(embed):
     assert info.needed[0].lower() == f"python{embed.tag}.dll"
 
 
+@pytest.mark.slow
 def test_every_binary_matches_llvm(embed):
     """machine, name, imports, delay imports, export count and forwarders of every
     .dll, .pyd and .exe of the build, all compared before failing."""
@@ -343,6 +346,7 @@ def test_every_binary_matches_llvm(embed):
     assert not mismatches, "\n".join(mismatches)
 
 
+@pytest.mark.slow
 def test_facts_of_signed_release_files(embed):
     """The release files are Authenticode-signed and carry a correct CheckSum."""
     for f in (f"python{embed.tag}.dll", "python3.dll", "python.exe", "select.pyd"):

@@ -36,6 +36,7 @@ def test_enough_pythons_found():
     pythons.require_enough_pythons(FOUND)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version,exe", FOUND, ids=[v for v, _ in FOUND])
 def test_pool_scenario(version, exe):
     python = _venv_for(version, exe)

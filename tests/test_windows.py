@@ -81,6 +81,7 @@ def cross_sets(tmp_path_factory):
 # -- on Linux ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_install_from_home(version):
     home = windows_embed.embed_dir(version)
@@ -95,6 +96,7 @@ def test_install_from_home(version):
     assert inst.extension_suffix == f".cp{tag}-win_amd64.pyd"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_cross_prepared_set_agrees_with_llvm(version, cross_sets, tmp_path):
     home, dest, out = cross_sets(version)
@@ -146,6 +148,7 @@ def test_cross_prepared_set_agrees_with_llvm(version, cross_sets, tmp_path):
             "checksums_and_signatures"} <= checks
 
 
+@pytest.mark.slow
 def test_static_checks_catch_damage(cross_sets, tmp_path):
     _home, dest, _out = cross_sets("3.12")
     copy = tmp_path / "set"
@@ -157,6 +160,7 @@ def test_static_checks_catch_damage(cross_sets, tmp_path):
     assert checks == {"files_intact": False}  # the manifest lists the ._pth
 
 
+@pytest.mark.slow
 def test_doctor_windows_findings(cross_sets, tmp_path):
     home, dest, _out = cross_sets("3.13")
     cache = tmp_path / "cache"
