@@ -20,10 +20,9 @@ Check = Tuple[str, bool, str]
 def set_checks(root: str) -> List[Check]:
     """trusted_files, set_identity, clone_identity and files_intact for the set at ``root``."""
     checks = [_trusted(root), _set_identity(root)]
-    records, identity = _clone_identity(root)
+    records, unreadable, identity = _clone_identity(root)
     checks.append(identity)
-    checks.append(_files_intact(records) if identity[1] else
-                  ("files_intact", False, "not checked: the clones' identities do not hold up"))
+    checks.append(_files_intact(records, unreadable))
     return checks
 
 
@@ -56,7 +55,8 @@ def _set_identity(root: str) -> Check:
 
 
 def _clone_identity(root: str):
-    records, problems = [], []
+    """(clones whose manifests hold up, messages for those without one, the check)."""
+    records, problems, unreadable = [], [], []
     for name in sorted(os.listdir(root)):
         directory = os.path.join(root, name)
         if not name.startswith("clone-"):
@@ -67,24 +67,25 @@ def _clone_identity(root: str):
         try:
             manifest = integrity.read_manifest(directory)
         except (OSError, ValueError, GilcloneError):
-            problems.append(f"{name} in {root} has no readable manifest; run `gilclone prepare` to rebuild it")
+            unreadable.append(f"{name} in {root} has no readable manifest; run `gilclone prepare` to rebuild it")
             continue
         problem = integrity.manifest_problem(directory, manifest)
         if problem:
             problems.append(f"{name}: {problem}")
             continue
         records.append(store.record_from_manifest(directory, manifest))
-    if not records and not problems:
+    if not records and not problems and not unreadable:
         problems.append(f"{root} holds no clone; run `gilclone prepare --dest {root}`")
     duplicate = integrity.clones_problem(records)
     if duplicate:
         problems.append(duplicate)
     fine = f"{len(records)} clones: index, directory and soname agree; sonames distinct"
-    return records, _summary("clone_identity", problems, fine)
+    return records, unreadable, _summary("clone_identity", problems, fine)
 
 
-def _files_intact(records) -> Check:
-    problems = []
+def _files_intact(records, unreadable: List[str]) -> Check:
+    """Full hashes of the clones whose identity holds; clones without a manifest fail here."""
+    problems = list(unreadable)
     for record in records:
         try:
             problem = store.check_clone(record, full=True)

@@ -51,7 +51,8 @@ class FileLock:
         try:
             fd = os.open(self.path, flags, trust.FILE_MODE)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            # ELOOP, or EACCES where the kernel protects links in sticky directories
+            if exc.errno == errno.ELOOP or os.path.islink(self.path):
                 raise CacheTrustError(
                     f"{self.path}: is a symbolic link, which gilclone never follows for its lock; "
                     "delete it and check who could write to that directory"

@@ -124,9 +124,11 @@ def load_set(root: str) -> CloneSet:
     meta = integrity.read_set_file(root)
     clones: List[CloneRecord] = []
     for name in sorted(os.listdir(root)):
-        if not name.startswith("clone-"):
-            continue
         directory = os.path.join(root, name)
+        if not name.startswith("clone-"):
+            if not leftovers.is_temporary(name):
+                trust.require_entry(directory)  # .lock and set.json: never a planted link
+            continue
         trust.require_entry(directory, want_dir=True)
         try:
             manifest = integrity.read_manifest(directory)
@@ -170,6 +172,7 @@ def check_clone(record: CloneRecord, full: bool = False) -> Optional[str]:
 
 def check_writable_location(root: str) -> None:
     """Fail early, with the fix, when a set directory cannot hold loadable clones."""
+    trust.require_creatable(root)
     try:
         trust.make_private_dirs(root)
     except OSError as exc:

@@ -98,6 +98,17 @@ def require_location(path: str) -> None:
         raise CacheTrustError(problem)
 
 
+def require_creatable(path: str) -> None:
+    """The directories that hold ``path`` (which may not exist yet) are trusted: checked
+    before anything is created, so a refusal leaves nothing behind."""
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    problems = ancestor_problems(os.path.join(existing, "_"))
+    if problems:
+        raise CacheTrustError(problems[0])
+
+
 def tree_problems(root: str) -> List[str]:
     """Every untrusted entry at or below ``root`` (a set directory), symlinks not followed."""
     if not ENFORCED:
