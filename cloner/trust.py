@@ -113,6 +113,7 @@ def tree_problems(root: str) -> List[str]:
     """Every untrusted entry at or below ``root`` (a set directory), symlinks not followed."""
     if not ENFORCED:
         return []
+    root = os.path.realpath(root)  # a --dest reached through a link is fine; links inside are not
     problems = ancestor_problems(root)
     top = entry_problem(root, want_dir=True)
     if top:
