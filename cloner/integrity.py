@@ -182,6 +182,11 @@ def check_clone(record, full: bool = False) -> Optional[str]:
     Raises CacheTrustError for a file someone else could have written.
     """
     trust.require_entry(record.directory, want_dir=True)
+    with ext_lock(record.directory):  # the manifest and the files, as of one moment
+        return _check_clone(record, full)
+
+
+def _check_clone(record, full: bool) -> Optional[str]:
     try:
         raw = read_manifest_bytes(record.directory)
         manifest = json.loads(raw)
@@ -193,8 +198,7 @@ def check_clone(record, full: bool = False) -> Optional[str]:
         return problem
     if manifest["soname"] != record.soname:
         return f"the manifest now names {manifest['soname']}, not {record.soname}"
-    with ext_lock(record.directory):
-        return _check_files(record, manifest, raw, manifest_st, full)
+    return _check_files(record, manifest, raw, manifest_st, full)
 
 
 def _check_files(record, manifest, raw, manifest_st, full) -> Optional[str]:
@@ -312,7 +316,9 @@ def list_in_manifest(directory: str, prefix: str, rels: List[str]) -> None:
 def bless(record) -> None:
     """After a full check held: rewrite the manifest if a file's ctime is newer (an admin's
     chmod or chown), so that the fast stamp can vouch for the files again."""
+    path = os.path.join(record.directory, store.MANIFEST)
     with ext_lock(record.directory):
-        manifest_ctime = os.lstat(os.path.join(record.directory, store.MANIFEST)).st_ctime_ns
-        if any(st.st_ctime_ns > manifest_ctime for st in list_files(record.directory).values()):
-            store.write_json_atomic(os.path.join(record.directory, store.MANIFEST), read_manifest(record.directory))
+        before = os.lstat(path)
+        if any(st.st_ctime_ns > before.st_ctime_ns for st in list_files(record.directory).values()):
+            store.write_json_atomic(path, read_manifest(record.directory))
+            os.chmod(path, stat.S_IMODE(before.st_mode) & ~0o022)  # a shared set stays readable

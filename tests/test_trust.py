@@ -531,7 +531,11 @@ def test_shared_read_only_root_set_is_accepted(base_set, tmp_path):
     shared = private_copy(base_set, tmp_path / "shared")
     subprocess.run(["chmod", "-R", "a+rX,go-w", shared], check=True)
     assert all(ok for _, ok, _ in audit.set_checks(shared)), audit.set_checks(shared)
-    assert store.load_set(shared).clones
+    for record in store.load_set(shared).clones:
+        integrity.bless(record)  # what the documented second prepare does
+        manifest = os.path.join(record.directory, store.MANIFEST)
+        assert stat.S_IMODE(os.stat(manifest).st_mode) == 0o644, "a blessed manifest is no longer readable by all"
+        assert store.check_clone(record) is None
 
 
 # -- leftovers and races -------------------------------------------------------------------
