@@ -3,8 +3,9 @@
 A temporary directory or file is named ``.tmp-<boot>-<pid>-<start>-<random>``
 (or ``<file>.tmp-...``): the boot it was made in, the pid of its maker and
 that process's start time. It is dead when the machine has rebooted since,
-or no process with that pid and start time runs. Without /proc (macOS,
-Windows) start times are unknown and a running pid counts as alive.
+or no process with that pid and start time runs. Without /proc (macOS) start
+times are unknown and a running pid counts as alive; on Windows every maker
+counts as alive, and only the lock rule removes leftovers.
 """
 
 import os
@@ -33,6 +34,8 @@ def _start_time(pid: int) -> Optional[str]:
         return None
     except (OSError, IndexError):
         pass
+    if os.name == "nt":
+        return "0"  # os.kill would terminate it there; count it alive (the lock rule still applies)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
