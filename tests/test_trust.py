@@ -590,7 +590,8 @@ def test_killed_twin_build_is_cleaned_by_the_next_build(base_set, tmp_path):
 RACE_POOL = textwrap.dedent("""
     import sys
     def task(i):
-        import decimal, json, struct, math, array, _random, _bisect
+        import decimal, json, struct, math, array, _random, _bisect, time
+        time.sleep(0.05)
         return str(decimal.Decimal(i) / 7)
     if __name__ == "__main__":
         from gilclone.pool.executor import ClonePool
@@ -628,5 +629,5 @@ def test_prepare_loop_beside_a_running_pool(base_set, tmp_path):
     finally:
         out, err = pool.communicate(timeout=300)
     assert pool.returncode == 0, err[-3000:]
-    assert codes and set(codes) == {0}, codes
+    assert len(codes) >= 2 and set(codes) == {0}, codes
     assert all(ok for _, ok, _ in audit.set_checks(dest)), audit.set_checks(dest)
