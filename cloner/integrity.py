@@ -32,6 +32,7 @@ from gilclone.cloner.filelock import FileLock
 from gilclone.errors import CloneSetCorruptError
 
 EXT_LOCK = "ext/.lock"
+BINARY_FORMATS = ("ELF", "PE", "Mach-O")
 _SET_DIR_NAME = re.compile(r"^\d+\.\d+\S*-[0-9a-f]{12}$")
 
 
@@ -119,6 +120,13 @@ def manifest_problem(directory: str, manifest: dict) -> Optional[str]:
         return f"the manifest lists paths that leave the clone or have no size and hash: {bad[:3]}"
     if soname not in files:
         return f"the manifest does not list its libpython copy {soname}"
+    if manifest.get("binary_format", "ELF") not in BINARY_FORMATS:
+        return f"the manifest names an unknown binary format {manifest.get('binary_format')!r}"
+    renames = manifest.get("renames", [])
+    if not isinstance(renames, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p) for p in renames
+    ):
+        return "the manifest's renames are not pairs of names"
     return None
 
 

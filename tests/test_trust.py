@@ -23,7 +23,7 @@ import pytest
 import support
 from gilclone.cloner import audit, extensions, filelock, integrity, leftovers, prepare, store, trust
 
-from gilclone.errors import CacheTrustError
+from gilclone.errors import CacheTrustError, GilcloneError
 
 LINUX = sys.platform.startswith("linux")
 pytestmark = pytest.mark.skipif(not LINUX, reason="the ELF cloner and the owner checks run on Linux")
@@ -326,6 +326,38 @@ def test_tampering_is_caught(case, base_set, evil_lib, tmp_path):
         assert os.path.realpath(dest) in out.stderr or dest in out.stderr, out.stderr
     assert not evil_lib.marker.exists(), "the planted code ran"
     assert not (tmp_path / "lock-target").exists(), "a planted .lock link was followed"
+
+
+BAD_VALUES = [None, 1, -1, "x", "../x", "/abs", [], {}, [["a"]], {"a": 1}, True]
+
+
+@pytest.fixture(scope="module")
+def scratch_set(base_set, tmp_path_factory):
+    return private_copy(base_set, tmp_path_factory.mktemp("scratch") / "set")
+
+
+@pytest.mark.parametrize("field", ["index", "soname", "files", "renames", "binary_format"])
+def test_verify_reports_any_malformed_manifest_as_a_failed_check(scratch_set, field):
+    """Whatever a manifest holds, the checks before loading name it; none raises."""
+    directory = clone_dir(scratch_set)
+    path = os.path.join(directory, store.MANIFEST)
+    with open(path, "rb") as f:
+        original = f.read()
+    try:
+        for value in BAD_VALUES:
+            if field == "renames" and value == []:
+                continue  # no renames is valid
+            manifest = json.loads(original)
+            manifest[field] = value
+            write_manifest(scratch_set, manifest)
+            checks = {n: (ok, d) for n, ok, d in audit.set_checks(scratch_set)}
+            assert not checks["clone_identity"][0] or not checks["files_intact"][0], (field, value, checks)
+            with pytest.raises(GilcloneError):
+                store.load_set(scratch_set)
+                raise AssertionError(f"load_set accepted {field}={value!r}") from None
+    finally:
+        with open(path, "wb") as f:
+            f.write(original)
 
 
 def test_stamp_cannot_vouch_for_new_content(base_set, tmp_path, monkeypatch):
