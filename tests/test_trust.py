@@ -648,6 +648,28 @@ def test_eight_pools_at_once_on_an_empty_cache(tmp_path):
 
 
 @pytest.mark.slow
+def test_default_cache_pool_rebuilds_a_tampered_clone(evil_lib, tmp_path):
+    """ClonePool() on the default cache goes through ensure_set: a tampered clone is rebuilt."""
+    script = tmp_path / "race_main.py"
+    script.write_text(RACE_POOL)
+    env = dict(os.environ, GILCLONE_CACHE=str(tmp_path / "cache"))
+
+    def pool():
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                             cwd=str(tmp_path), timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    pool()
+    (dest,) = [str(tmp_path / "cache" / d) for d in os.listdir(tmp_path / "cache") if not d.endswith(".json")]
+    if evil_lib.marker.exists():
+        evil_lib.marker.unlink()
+    libpython_replaced(dest, evil_lib)
+    pool()
+    assert not evil_lib.marker.exists(), "the planted code ran"
+    assert all(ok for _, ok, _ in audit.set_checks(dest)), audit.set_checks(dest)
+
+
+@pytest.mark.slow
 def test_prepare_loop_beside_a_running_pool(base_set, tmp_path):
     dest = private_copy(base_set, tmp_path / "set")
     script = tmp_path / "race_main.py"
