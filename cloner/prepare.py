@@ -13,7 +13,13 @@ from gilclone.platforms.binary import read_binary
 from gilclone.platforms.locate import locate
 from gilclone.platforms.model import KIND_LIBPYTHON, PythonInstall
 
-from gilclone.errors import CacheLocationError, CacheTrustError, CloneError, LocateError
+from gilclone.errors import (
+    CacheLocationError,
+    CacheTrustError,
+    CloneError,
+    CloneSetCorruptError,
+    LocateError,
+)
 
 Progress = Callable[[int, int, str], None]
 
@@ -116,6 +122,9 @@ def _write_set_file(root: str, install: PythonInstall, libpython: str, sha: str,
             existing = store.read_json(path)
         except ValueError:
             existing = {}
+        problem = integrity.set_problem(root, existing) if existing else None
+        if problem:
+            raise CloneSetCorruptError(f"{path}: {problem}; delete {root} and prepare again")
         if existing.get("set_id") == set_id:
             return
         if existing:

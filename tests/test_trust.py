@@ -324,6 +324,7 @@ def test_tampering_is_caught(case, base_set, evil_lib, tmp_path):
     else:
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert os.path.realpath(dest) in out.stderr or dest in out.stderr, out.stderr
+        assert check != "set_identity" or "set.json" in out.stderr, out.stderr  # the file, not "another Python"
     assert not evil_lib.marker.exists(), "the planted code ran"
     assert not (tmp_path / "lock-target").exists(), "a planted .lock link was followed"
 
