@@ -241,9 +241,9 @@ def _usable(found, install: PythonInstall, count: int) -> Optional[store.CloneSe
     try:
         cset = store.load_set(root)
     except CacheTrustError:
-        raise
+        raise  # someone else could have written the set: refused, not rebuilt over
     except CloneError:
-        return None
+        return None  # damaged: prepare rebuilds what it can
     if (set_id and cset.set_id != set_id) or cset.python.get("libpython") != install.libpython \
             or cset.version != install.version:
         return None
