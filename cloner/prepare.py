@@ -232,18 +232,18 @@ def ensure_set(count: int, dest: Optional[str] = None, python: Optional[str] = N
 def _usable(found, install: PythonInstall, count: int) -> Optional[store.CloneSet]:
     """The set at ``found`` if it is of this Python and its first ``count`` clones are intact.
 
-    A set that someone else could have written is refused (CacheTrustError); a
-    damaged one returns None and is rebuilt by ``prepare``.
+    A set directory that someone else could have written is refused
+    (CacheTrustError); for anything wrong inside it this returns None, and
+    ``prepare`` rebuilds the clone or refuses the set.
     """
     root, set_id = found
     if not os.path.lexists(os.path.join(root, store.SET_FILE)):
         return None
+    trust.require_location(root)  # someone else could have written the set: refused
     try:
         cset = store.load_set(root)
-    except CacheTrustError:
-        raise  # someone else could have written the set: refused, not rebuilt over
     except CloneError:
-        return None  # damaged: prepare rebuilds what it can
+        return None  # damaged or untrusted inside: prepare rebuilds, or refuses, as it decides
     if (set_id and cset.set_id != set_id) or cset.python.get("libpython") != install.libpython \
             or cset.version != install.version:
         return None
