@@ -649,7 +649,8 @@ def test_eight_pools_at_once_on_an_empty_cache(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_cache_pool_rebuilds_a_tampered_clone(evil_lib, tmp_path):
+@pytest.mark.parametrize("tamper", [libpython_replaced, chmod_777], ids=["libpython_replaced", "chmod_777"])
+def test_default_cache_pool_rebuilds_a_tampered_clone(tamper, evil_lib, tmp_path):
     """ClonePool() on the default cache goes through ensure_set: a tampered clone is rebuilt."""
     script = tmp_path / "race_main.py"
     script.write_text(RACE_POOL)
@@ -664,7 +665,7 @@ def test_default_cache_pool_rebuilds_a_tampered_clone(evil_lib, tmp_path):
     (dest,) = [str(tmp_path / "cache" / d) for d in os.listdir(tmp_path / "cache") if not d.endswith(".json")]
     if evil_lib.marker.exists():
         evil_lib.marker.unlink()
-    libpython_replaced(dest, evil_lib)
+    tamper(dest, evil_lib)
     pool()
     assert not evil_lib.marker.exists(), "the planted code ran"
     assert all(ok for _, ok, _ in audit.set_checks(dest)), audit.set_checks(dest)
