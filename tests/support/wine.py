@@ -20,8 +20,8 @@ from typing import Optional, Sequence
 import support
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-# pyproject: package-dir = {"gilclone" = "cli", "gilclone.cloner" = "cloner", ...}
-PACKAGES = {"cli": "gilclone", "cloner": "gilclone/cloner", "pool": "gilclone/pool",
+# pyproject: package-dir = {"gilclone.cloner" = "cloner", ...}; the root package is gilclone/
+PACKAGES = {"gilclone": "gilclone", "cloner": "gilclone/cloner", "pool": "gilclone/pool",
             "platforms": "gilclone/platforms"}
 DEPENDENCIES = ("pefile", "peutils", "ordlookup", "macholib", "altgraph", "elftools")
 TIMEOUT_S = 300
