@@ -13,10 +13,9 @@ import logging
 import os
 import threading
 import time
-import uuid
 from typing import Dict
 
-from gilclone.cloner import store
+from gilclone.cloner import integrity, leftovers, store, trust
 from gilclone.cloner.builders import builder_for
 from gilclone.cloner.filelock import FileLock
 
@@ -48,23 +47,24 @@ class TwinFactory:
     def _twin_for(self, source: str) -> str:
         base = os.path.basename(source)
         key = f"{base}-{hashlib.sha1(source.encode()).hexdigest()[:10]}"
-        twin_dir = os.path.join(self.record.ext_dir, key)
-        twin = os.path.join(twin_dir, base)
-        if _is_current(twin_dir, twin, source):
+        twin = os.path.join(self.record.ext_dir, key, base)
+        if _is_current(self.record, key, base, source):
             return twin
-        os.makedirs(self.record.ext_dir, exist_ok=True)
+        trust.make_private_dirs(self.record.ext_dir)
         with FileLock(os.path.join(self.record.ext_dir, ".lock")):
-            if _is_current(twin_dir, twin, source):
+            # Every twin is built under this lock: what lies here unfinished is dead.
+            leftovers.remove_in(self.record.ext_dir, lock_held=True)
+            if _is_current(self.record, key, base, source):
                 return twin
             t0 = time.perf_counter()
-            self._build(source, twin_dir, base)
+            self._build(source, key, base)
         log.info("clone %d: built twin of %s in %.2f s", self.record.index, source, time.perf_counter() - t0)
         return twin
 
-    def _build(self, source: str, twin_dir: str, base: str) -> None:
+    def _build(self, source: str, key: str, base: str) -> None:
         builder = builder_for(self.record.binary_format)
-        tmp = os.path.join(self.record.ext_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.makedirs(tmp)
+        tmp = os.path.join(self.record.ext_dir, leftovers.temp_name())
+        os.mkdir(tmp, trust.DIR_MODE)
         target = os.path.join(tmp, base)
         try:
             try:
@@ -72,7 +72,6 @@ class TwinFactory:
             except BinaryFormatError as exc:
                 raise CloneError(f"cannot copy extension module: {exc}") from None
             src_stat = os.stat(source)
-            tgt_stat = os.stat(target)
             store.write_json_atomic(
                 os.path.join(tmp, TWIN_FILE),
                 {
@@ -80,29 +79,33 @@ class TwinFactory:
                     "source_size": src_stat.st_size,
                     "source_mtime_ns": src_stat.st_mtime_ns,
                     "sha256": store.sha256_file(target),
-                    "stamp": [tgt_stat.st_size, tgt_stat.st_mtime_ns, tgt_stat.st_ctime_ns, tgt_stat.st_ino],
                 },
             )
+            trust.seal(tmp)
+            twin_dir = os.path.join(self.record.ext_dir, key)
             store.discard(twin_dir)
             os.rename(tmp, twin_dir)
+            # The manifest lists every file of the clone: a twin not listed is refused.
+            integrity.list_in_manifest(self.record.directory, f"ext/{key}/",
+                                       [f"ext/{key}/{base}", f"ext/{key}/{TWIN_FILE}"])
         finally:
             if os.path.exists(tmp):
                 store.discard(tmp)
 
 
-def _is_current(twin_dir: str, twin: str, source: str) -> bool:
-    """The twin exists, was made from the source as it is now, and is unaltered."""
+def _is_current(record: store.CloneRecord, key: str, base: str, source: str) -> bool:
+    """The twin exists, was made from the source as it is now, and is listed and unaltered.
+
+    ``twin.json`` only says which source the twin was made from; the twin's path
+    is ours (``ext/<key>/<base>``), never read from it.
+    """
     try:
-        meta = store.read_json(os.path.join(twin_dir, TWIN_FILE))
+        meta = store.read_json(os.path.join(record.ext_dir, key, TWIN_FILE))
         src = os.stat(source)
-        tgt = os.stat(twin)
     except (OSError, ValueError):
         return False
-    if meta.get("source") != source or meta.get("source_size") != src.st_size:
+    if not isinstance(meta, dict) or meta.get("source") != source:
         return False
-    if meta.get("source_mtime_ns") != src.st_mtime_ns:
+    if meta.get("source_size") != src.st_size or meta.get("source_mtime_ns") != src.st_mtime_ns:
         return False
-    stamp = [tgt.st_size, tgt.st_mtime_ns, tgt.st_ctime_ns, tgt.st_ino]
-    if tgt.st_ino and meta.get("stamp") == stamp:  # no inode number: trust only the hash
-        return True
-    return store.sha256_file(twin) == meta.get("sha256")
+    return integrity.listed_and_intact(record, [f"ext/{key}/{base}", f"ext/{key}/{TWIN_FILE}"])

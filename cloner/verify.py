@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 
-from gilclone.cloner import store
+from gilclone.cloner import audit, store
 from gilclone.cloner.builders import builder_for
 
 from gilclone.log import parse_line
@@ -21,8 +21,21 @@ VERIFY_TIMEOUT_S = 300
 log = logging.getLogger(__name__)
 
 def verify(root: str) -> dict:
-    """Return ``{"ok", "clones", "checks": [{"name", "ok", "detail"}]}`` for the set at ``root``."""
-    cset = store.load_set(os.path.abspath(root))
+    """Return ``{"ok", "clones", "checks": [{"name", "ok", "detail"}]}`` for the set at ``root``.
+
+    Nothing is loaded unless the set passes audit's checks (owners and modes,
+    identities, complete manifests); a set that fails them gives their report.
+    """
+    root = os.path.abspath(root)
+    if not os.path.lexists(os.path.join(root, store.SET_FILE)):
+        store.load_set(root)  # raises the one-line "not a clone set" error
+    first = audit.set_checks(root)
+    if not all(ok for _, ok, _ in first):
+        return audit.report(first, len([n for n in os.listdir(root) if n.startswith("clone-")]))
+    return audit.merged(first, _runtime_report(store.load_set(root)))
+
+
+def _runtime_report(cset: store.CloneSet) -> dict:
     if cset.python.get("platform", "linux") != _this_platform():
         log.info("%s is a %s set: static checks only", cset.root, cset.python.get("platform"))
         return _static_report(cset)

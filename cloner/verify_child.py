@@ -92,8 +92,7 @@ class Verifier:
         if len(self.clones) < 1:
             self.checks.append(("clones_present", False, "the set has no complete clone; run gilclone prepare"))
             return self.report()
-        if not self.add("files_intact", self.files_intact):
-            return self.report()
+        # files_intact and the identities were checked by the parent (cloner/audit.py)
         if not self.add("distinct_sonames", self.distinct_sonames):
             return self.report()
         self.add("independent_initialisation", self.independent_initialisation)
@@ -114,18 +113,6 @@ class Verifier:
         }
 
     # -- checks -------------------------------------------------------------------
-
-    def files_intact(self):
-        problems = [p for p in (store.check_clone(c.record, full=True) for c in self.clones) if p]
-        listed = {os.path.basename(c.record.directory) for c in self.clones}
-        unlisted = sorted(
-            d for d in os.listdir(self.cset.root)
-            if d.startswith("clone-") and d not in listed
-        )
-        if unlisted:
-            problems.append(f"{', '.join(unlisted)} in {self.cset.root} have no readable manifest; "
-                            "run `gilclone prepare` to rebuild them")
-        return not problems, "; ".join(problems) or f"{len(self.clones)} clones match their manifests (SHA-256)"
 
     def distinct_sonames(self):
         names = [read_binary(c.record.libpython).name for c in self.clones]

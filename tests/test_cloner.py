@@ -20,7 +20,7 @@ import time
 import pytest
 import support
 from elftools.elf.elffile import ELFFile
-from gilclone.cloner import elf_clone, elf_writer, extensions, naming, store
+from gilclone.cloner import elf_clone, elf_writer, extensions, integrity, naming, store
 from gilclone.platforms import elf as elf_reader
 from gilclone.platforms.locate import locate
 
@@ -331,9 +331,21 @@ def test_replace_needed_not_done_is_caught_by_the_reread(tmp_path, module_copy, 
         )
 
 
+def bare_clone(directory, index, soname):
+    """A clone directory whose manifest lists a stand-in libpython (twins join its manifest)."""
+    os.makedirs(directory)
+    with open(os.path.join(directory, soname), "wb") as f:
+        f.write(b"stand-in")
+    store.write_json_atomic(
+        os.path.join(directory, store.MANIFEST),
+        {"index": index, "soname": soname, "files": {soname: store.manifest_entry(os.path.join(directory, soname))}},
+    )
+    return store.CloneRecord(index, str(directory), soname)
+
+
 def test_twin_factory_binds_the_copy_and_rebuilds_when_altered(tmp_path, module_copy):
     set_rpath(module_copy, "$ORIGIN/../lib", force_rpath=False)
-    record = store.CloneRecord(3, str(tmp_path / "clone-03"), "libgc7074e4740503.so")
+    record = bare_clone(str(tmp_path / "clone-03"), 3, "libgc7074e4740503.so")
     factory = extensions.TwinFactory(record)
     twin = factory.twin_for(str(module_copy))
     assert twin.startswith(record.ext_dir + os.sep)
@@ -359,6 +371,10 @@ def test_twin_factory_binds_the_copy_and_rebuilds_when_altered(tmp_path, module_
     assert extensions.TwinFactory(record).twin_for(str(module_copy)) == twin
     assert tag_values(readelf_dynamic(twin), "RUNPATH") == ["/opt/newer"]
     assert [n for n in os.listdir(record.ext_dir) if n.startswith((".tmp-", ".trash-"))] == []
+    listed = store.read_json(os.path.join(record.directory, store.MANIFEST))["files"]
+    rel = os.path.relpath(twin, record.directory)
+    assert listed[rel]["sha256"] == store.sha256_file(twin)  # the manifest lists the twin
+    assert sorted(listed) == sorted([record.soname, rel, os.path.join(os.path.dirname(rel), extensions.TWIN_FILE)])
 
 
 # -- 3. prepare + verify on every pyenv Python ----------------------------------------------
@@ -452,12 +468,13 @@ def test_original_soname_is_caught(broken):
     assert tag_values(readelf_dynamic(record.libpython), "SONAME") == [original]
     refresh_manifest(clone)
 
+    # The copy's own soname no longer is the one its manifest names: caught before loading.
     code, report = verify_json(broken)
     assert code == 1 and report["ok"] is False
-    assert check(report, "files_intact")["ok"] is True
-    sonames = check(report, "distinct_sonames")
-    assert sonames["ok"] is False
-    assert "[1]" in sonames["detail"] and original in sonames["detail"], sonames["detail"]
+    intact = check(report, "files_intact")
+    assert intact["ok"] is False
+    assert "clone 1" in intact["detail"] and original in intact["detail"], intact["detail"]
+    assert "independent_initialisation" not in {c["name"] for c in report["checks"]}
 
 
 @pytest.mark.slow
@@ -470,7 +487,7 @@ def test_unbound_extension_copy_is_caught(broken):
     os.makedirs(twin_dir)
     twin = os.path.join(twin_dir, base)
     shutil.copyfile(source, twin)  # an unmodified copy: no DT_NEEDED on the clone
-    src, tgt = os.stat(source), os.stat(twin)
+    src = os.stat(source)
     store.write_json_atomic(
         os.path.join(twin_dir, extensions.TWIN_FILE),
         {
@@ -478,10 +495,16 @@ def test_unbound_extension_copy_is_caught(broken):
             "source_size": src.st_size,
             "source_mtime_ns": src.st_mtime_ns,
             "sha256": store.sha256_file(twin),
-            "stamp": [tgt.st_size, tgt.st_mtime_ns, tgt.st_ctime_ns, tgt.st_ino],
         },
     )
+    assert extensions.TwinFactory(record).twin_for(source) == twin
+    assert store.sha256_file(twin) != store.sha256_file(source), "an unlisted copy was accepted"
+    shutil.copyfile(source, twin)  # planted again, and listed in the manifest (an attacker-grade edit)
+    rel = os.path.relpath(twin_dir, record.directory)
+    with integrity.ext_lock(record.directory):
+        integrity.list_in_manifest(record.directory, rel + "/", [f"{rel}/{base}", f"{rel}/{extensions.TWIN_FILE}"])
     assert extensions.TwinFactory(record).twin_for(source) == twin  # accepted as current
+    assert store.sha256_file(twin) == store.sha256_file(source)
 
     code, report = verify_json(broken)
     assert code == 1 and report["ok"] is False

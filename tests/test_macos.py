@@ -26,6 +26,7 @@ import sys
 import pytest
 from gilclone.cloner import (
     codesign,
+    integrity,
     macho_binds,
     macho_clone,
     macho_commands,
@@ -395,6 +396,14 @@ def test_prepare_verify_twins_end_to_end(tmp_path, homes, which):
     assert checks["signatures_extension_copies"]["ok"]
 
 
+def relist(record, twin):
+    """List an edited twin in its clone's manifest (an attacker-grade edit), so that the
+    checks behind files_intact get to see it."""
+    rel = os.path.relpath(os.path.dirname(twin), record.directory)
+    with integrity.ext_lock(record.directory):
+        integrity.list_in_manifest(record.directory, rel + "/", [f"{rel}/{os.path.basename(twin)}", f"{rel}/twin.json"])
+
+
 @pytest.mark.slow
 def test_static_checks_catch_damage(tmp_path, homes):
     home = homes["x86_64"]
@@ -406,6 +415,7 @@ def test_static_checks_catch_damage(tmp_path, homes):
     # A twin bound to the other clone's libpython, and one page changed in another twin.
     w.apply(ext, twins[0], w.MachoEdits(add_dylib=cset.clones[1].libpython, rebind_python=True,
                                         loader_path_base=os.path.dirname(ext)))
+    relist(cset.clones[0], twins[0])
     checks = {n: (ok, d) for n, ok, d in macho_clone.static_checks(cset)}
     assert not checks["extension_copies_bound"][0]
     assert "not bound to the clone" in checks["extension_copies_bound"][1] or "does not load" in \
@@ -414,6 +424,7 @@ def test_static_checks_catch_damage(tmp_path, homes):
     data[5000] ^= 0xFF
     with open(twins[1], "wb") as f:
         f.write(data)
+    relist(cset.clones[1], twins[1])
     checks = {n: (ok, d) for n, ok, d in macho_clone.static_checks(cset)}
     assert not checks["signatures_extension_copies"][0] and "page 1" in checks["signatures_extension_copies"][1]
     # A moved set: its install names no longer say where the clones are.
