@@ -715,3 +715,32 @@ def test_clone_without_manifest_is_reported_not_dropped(broken):
     assert code == 1 and report["ok"] is False
     intact = check(report, "files_intact")
     assert intact["ok"] is False and "clone-01" in intact["detail"], intact["detail"]
+
+
+ONE_GIL_SCRIPT = """
+import json, sys
+from gilclone.cloner import store, verify_child
+
+verify_child.HOLD_SECONDS = 2
+cset = store.load_set(sys.argv[1])
+verifier = verify_child.Verifier(cset)
+verifier.clones[0].open()
+verifier.clones[1].open()
+two = verifier.parallel_gils()
+verifier.clones = [verifier.clones[0], verifier.clones[0]]  # one interpreter, so one GIL
+one = verifier.parallel_gils()
+print(json.dumps([two, one]))
+"""
+
+
+@pytest.mark.slow
+def test_parallel_gils_check_fails_when_both_sides_share_one_gil(prepared):
+    """verify proves separate GILs by behaviour (one clone runs while the other holds its
+    GIL), so a loaded machine cannot fail it, and a shared GIL cannot pass it."""
+    root, _ = prepared(sys.executable)
+    out = subprocess.run([sys.executable, "-c", ONE_GIL_SCRIPT, root], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    (two_ok, two_detail), (one_ok, one_detail) = json.loads(out.stdout.strip().splitlines()[-1])
+    assert two_ok and "released" in two_detail, two_detail
+    assert not one_ok and "timed out" in one_detail, one_detail

@@ -127,8 +127,7 @@ def base_set(tmp_path_factory):
     out = gilclone("prepare", "--count", 2, "--dest", dest)
     assert out.returncode == 0, out.stderr
     code, report = verify_json(dest)
-    # parallel_gils measures speed, which a loaded machine can spoil; the rest must hold
-    assert set(failed_checks(report)) <= {"parallel_gils"}, json.dumps(report, indent=1)
+    assert failed_checks(report) == {}, json.dumps(report, indent=1)
     return str(dest)
 
 
