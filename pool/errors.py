@@ -2,7 +2,11 @@
 
 from concurrent.futures import BrokenExecutor
 
+from gilclone.pool.inclone import TaskInterrupted  # defined there: clones import only inclone
+
 from gilclone.errors import GilcloneError
+
+__all__ = ["BrokenClonePool", "RemoteTraceback", "TaskInterrupted", "TaskPicklingError", "UnpicklableRemoteError"]
 
 
 class BrokenClonePool(BrokenExecutor, GilcloneError):

@@ -25,6 +25,12 @@ _LENGTH = struct.Struct("<Q")
 _views = ()
 
 
+class TaskInterrupted(BaseException):
+    """Raised inside a running task by ``ClonePool.interrupt`` (and by its time limits); the
+    task's future ends with it. A BaseException, like KeyboardInterrupt, so that a task's
+    ``except Exception`` does not swallow it; a task may catch it to clean up."""
+
+
 def shared_view(index: int):
     """Unpickles a ``shared()`` argument: the memoryview over the host's memory."""
     return _views[index]
@@ -60,34 +66,55 @@ class Runner:
         self.buffer = buffer
 
     def run(self, *views):
-        """Run the task in the buffer; write the response; return the views not released."""
+        """Run the task in the buffer and write the response (nothing is returned).
+
+        An interrupt may be delivered at any bytecode while this runs, also after the task's
+        own code: it then ends the task all the same. The host sends at most one per task,
+        so the handler below cannot itself be interrupted.
+        """
         global _views
-        buf = self.buffer
-        n = _LENGTH.unpack_from(buf, 0)[0]
         _views = views
         try:
             try:
-                fn, args, kwargs = pickle.loads(buf[HEADER : HEADER + n])
-            except BaseException as exc:
-                return self._reply(BAD_TASK, _error_payload(exc, "cannot unpickle the task in the clone"))
+                self._execute()
+            finally:
+                self._finish(views)
+        except TaskInterrupted as exc:
+            self._finish(views)
+            self._reply(ERROR, _error_payload(exc))
+
+    def _execute(self):
+        buf = self.buffer
+        n = _LENGTH.unpack_from(buf, 0)[0]
+        try:
+            fn, args, kwargs = pickle.loads(buf[HEADER : HEADER + n])
+        except TaskInterrupted:
+            raise
+        except BaseException as exc:
+            return self._reply(BAD_TASK, _error_payload(exc, "cannot unpickle the task in the clone"))
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # TaskInterrupted too: the task's own error
+            return self._reply(ERROR, _error_payload(exc))
+        try:
+            data = pickle.dumps(result, PROTOCOL)
+        except TaskInterrupted:
+            raise
+        except BaseException as exc:
+            return self._reply(BAD_RESULT, _error_payload(exc, "cannot pickle the task's result"))
+        del result
+        return self._reply(OK, data)
+
+    def _finish(self, views):
+        global _views
+        _views = ()
+        if views and release_views(*views):
+            self.buffer[9] = 1  # flag: the host must keep these buffers alive
+        for stream in (sys.stdout, sys.stderr):
             try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                return self._reply(ERROR, _error_payload(exc))
-            try:
-                data = pickle.dumps(result, PROTOCOL)
-            except BaseException as exc:
-                return self._reply(BAD_RESULT, _error_payload(exc, "cannot pickle the task's result"))
-            return self._reply(OK, data)
-        finally:
-            _views = ()
-            if views and release_views(*views):
-                buf[9] = 1  # flag: the host must keep these buffers alive
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:
-                    pass
+                stream.flush()
+            except Exception:
+                pass
 
     def _reply(self, status, data):
         buf = self.buffer
