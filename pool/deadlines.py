@@ -55,11 +55,18 @@ class _Watchdog:
                         break
                     self._cond.wait(self._heap[0][0] - now if self._heap else None)
             if not deadline.cancelled:
-                try:
-                    deadline.action()
-                except Exception:  # a worker that went away meanwhile: nothing to stop
-                    pass
+                # An interrupt waits for the clone's GIL, which a long C call may hold: on a
+                # thread of its own it cannot hold up the other deadlines.
+                threading.Thread(target=_quietly, args=(deadline.action,), name="ClonePool-timeout",
+                                 daemon=True).start()
             del deadline
+
+
+def _quietly(action) -> None:
+    try:
+        action()
+    except Exception:  # a worker that went away meanwhile: nothing to stop
+        pass
 
 
 _watchdog = _Watchdog()

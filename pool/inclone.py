@@ -6,7 +6,8 @@ memory that the clone sees as a writable memoryview. A task is one call of
 back into it, so the host makes only a handful of foreign calls per task.
 
 Buffer layout: bytes 0-8 length (little endian); byte 8 status; byte 9 set when a
-shared view is still in use by the clone after the task; 16- payload.
+shared view is still in use by the clone after the task; byte 10 set when a task
+comes in pieces (see ``load_pieces``); 16- payload.
 """
 
 import os
@@ -76,18 +77,21 @@ class Runner:
         _views = views
         try:
             try:
-                self._execute()
+                self._execute(views)
             finally:
                 self._finish(views)
         except TaskInterrupted as exc:
-            self._finish(views)
             self._reply(ERROR, _error_payload(exc))
+            self._finish(views)  # after the reply, which clears the flag byte
 
-    def _execute(self):
+    def _execute(self, views):
         buf = self.buffer
         n = _LENGTH.unpack_from(buf, 0)[0]
         try:
-            fn, args, kwargs = pickle.loads(buf[HEADER : HEADER + n])
+            if buf[10]:
+                fn, args, kwargs = load_pieces(buf[HEADER : HEADER + n], views)
+            else:
+                fn, args, kwargs = pickle.loads(buf[HEADER : HEADER + n])
         except TaskInterrupted:
             raise
         except BaseException as exc:
@@ -132,6 +136,60 @@ class Runner:
         status, data = self.pending
         self.pending = None
         self._reply(status, data)
+
+
+def load_pieces(payload, views):
+    """Unpickle a large task sent in pieces: ``payload`` holds a table, then the small
+    pieces; each large piece is one of ``views``, over the host's own object, read once."""
+    table_size = _LENGTH.unpack_from(payload, 0)[0]
+    layout = pickle.loads(payload[8 : 8 + table_size])
+    pos = 8 + table_size
+    parts = []
+    for entry in layout:
+        if entry >= 0:
+            parts.append(payload[pos : pos + entry])
+            pos += entry
+        else:
+            parts.append(views[-entry - 1].cast("B"))
+    return pickle.Unpickler(_PieceReader(parts)).load()
+
+
+class _PieceReader:
+    """A read-only file over consecutive buffers; ``readinto`` lets the unpickler copy a
+    large bytes object straight from the host's memory into its own."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.index = self.offset = 0
+
+    def readinto(self, target):
+        out = memoryview(target).cast("B")
+        done = 0
+        while done < len(out) and self.index < len(self.parts):
+            part = self.parts[self.index]
+            take = min(len(part) - self.offset, len(out) - done)
+            out[done : done + take] = part[self.offset : self.offset + take]
+            done += take
+            self.offset += take
+            if self.offset == len(part):
+                self.index += 1
+                self.offset = 0
+        return done
+
+    def read(self, size=-1):
+        if size < 0:
+            size = sum(len(p) for p in self.parts[self.index :]) - self.offset
+        data = bytearray(size)
+        return bytes(data[: self.readinto(data)])
+
+    def readline(self):
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            byte = self.read(1)
+            if not byte:
+                break
+            line += byte
+        return bytes(line)
 
 
 def release_views(*views):

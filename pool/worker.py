@@ -25,6 +25,10 @@ from gilclone.errors import CloneLoadError
 
 INITIAL_BUFFER = 64 * 1024
 SHRINK_ABOVE = 1024 * 1024  # a transport grown past this goes back to INITIAL_BUFFER after the task
+LARGE_TASK = 1024 * 1024  # a pickled task past this is sent in pieces (see _send_pieces)
+LARGE_PIECE = 64 * 1024  # pickle writes objects this large on their own (FRAME_SIZE_TARGET)
+PIECES_FLAG = 1 << 16  # byte 10 of the header
+_LENGTH = struct.Struct("<Q")
 _HEADER = struct.Struct("<QQ")  # payload length, status (see inclone.py)
 PyBUF_RECORDS = 0x1D  # writable, format, shape, strides
 PyBUF_RECORDS_RO = 0x1C
@@ -218,22 +222,25 @@ class WorkerContext:
 
     def call(self, fn, args, kwargs):
         """Run ``fn(*args, **kwargs)`` in the clone and return its result or raise its error."""
-        sink = sharing.start_collecting()
+        task = (fn, args, kwargs)
+        payload, objects = _pickle_task(_dumps, task)
         try:
-            payload = pickle.dumps((fn, args, kwargs), inclone.PROTOCOL)
-        except Exception as exc:
-            raise TaskPicklingError(f"cannot send the task to a clone: {_one_line(exc)}") from exc
-        finally:
-            sharing.stop_collecting()
-        try:
-            self._send(payload)
-            del payload  # the buffer has it: no second copy while the clone reads it
-            if not sink:
+            if len(payload) <= LARGE_TASK:
+                self._send(payload)
+                del payload
+            else:
+                del payload  # pickled again in pieces: the large ones are not copied at all
+                pieces, objects = _pickle_task(_dump_pieces, task)
+                objects += self._send_pieces(pieces, len(objects))
+                del pieces
+            del task
+            if not objects:
                 self._call_runner(None)
                 if self._view[8] == inclone.NEED_SPACE:
                     self._grow_for_pending()
             else:
-                self._call_with_shared(sink)
+                self._call_with_shared(objects)
+            del objects
             size, status = _HEADER.unpack_from(self._view, 0)
             return _decode(status & 0xFF, self._view[inclone.HEADER : inclone.HEADER + size])
         finally:
@@ -242,10 +249,39 @@ class WorkerContext:
 
     def _send(self, payload: bytes) -> None:
         size = len(payload)
-        if inclone.HEADER + size > len(self._view):
-            self._replace_buffer(max(inclone.HEADER + size, 2 * len(self._view)))
+        self._reserve(size)
         self._view[inclone.HEADER : inclone.HEADER + size] = payload
         _HEADER.pack_into(self._view, 0, size, 0)
+
+    def _send_pieces(self, pieces, first: int) -> list:
+        """Write the small pieces of a task and a table of all into the transport; return
+        the large pieces, which the clone reads as views numbered from ``first``."""
+        layout, small, large = [], [], []
+        for piece in pieces:
+            size = memoryview(piece).nbytes
+            if size >= LARGE_PIECE:
+                large.append(piece)
+                layout.append(-(first + len(large)))
+            else:
+                small.append(piece)
+                layout.append(size)
+        table = pickle.dumps(tuple(layout), inclone.PROTOCOL)
+        total = 8 + len(table) + sum(layout[i] for i in range(len(layout)) if layout[i] >= 0)
+        self._reserve(total)
+        view, pos = self._view, inclone.HEADER
+        _LENGTH.pack_into(view, pos, len(table))
+        view[pos + 8 : pos + 8 + len(table)] = table
+        pos += 8 + len(table)
+        for piece in small:
+            data = memoryview(piece).cast("B")
+            view[pos : pos + len(data)] = data
+            pos += len(data)
+        _HEADER.pack_into(view, 0, total, PIECES_FLAG)
+        return large
+
+    def _reserve(self, size: int) -> None:
+        if inclone.HEADER + size > len(self._view):
+            self._replace_buffer(max(inclone.HEADER + size, 2 * len(self._view)))
 
     def _call_with_shared(self, objects) -> None:
         exports = _export_all(objects)
@@ -308,6 +344,39 @@ class WorkerContext:
         api.Py_DecRef(args)
         if result:
             api.Py_DecRef(result)
+
+
+def _dumps(task) -> bytes:
+    return pickle.dumps(task, inclone.PROTOCOL)
+
+
+class _PieceWriter:
+    """The file a Pickler writes a large task to: the pickler hands large bytes-like
+    objects to ``write`` as they are, so they are kept, not copied."""
+
+    def __init__(self):
+        self.pieces = []
+
+    def write(self, data):
+        self.pieces.append(data)
+        return memoryview(data).nbytes
+
+
+def _dump_pieces(task) -> list:
+    writer = _PieceWriter()
+    pickle.Pickler(writer, inclone.PROTOCOL).dump(task)
+    return writer.pieces
+
+
+def _pickle_task(dump, task):
+    """``dump(task)`` and the shared() objects met while pickling it, as a list."""
+    sink = sharing.start_collecting()
+    try:
+        return dump(task), list(sink)
+    except Exception as exc:
+        raise TaskPicklingError(f"cannot send the task to a clone: {_one_line(exc)}") from exc
+    finally:
+        sharing.stop_collecting()
 
 
 def _export_all(objects) -> List[Py_buffer]:

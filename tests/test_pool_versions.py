@@ -54,4 +54,4 @@ def test_pool_scenario(version, exe):
     assert not failed, failed
     assert set(report["results"]) >= {"map", "in_clones", "exception", "unpicklable", "shared",
                                       "parallel", "decimal", "broken_initializer", "tiny_tasks",
-                                      "thirty_pools", "numpy"}
+                                      "thirty_pools", "numpy", "interrupt", "timeout"}
