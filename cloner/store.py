@@ -222,7 +222,11 @@ def discard(path: str) -> None:
 
 
 def remove_leftovers(root: str) -> None:
-    """Remove temporary and trash directories of preparations that were killed."""
+    """Remove temporary and trash directories of preparations that were killed.
+
+    A ``.tmp-<pid>-…`` entry of a process still alive is work under way, not a leftover:
+    a pool grows its set while its running clones copy extension modules into it.
+    """
     for directory in [root] + [
         os.path.join(root, d, "ext") for d in os.listdir(root) if d.startswith("clone-")
     ]:
@@ -230,7 +234,28 @@ def remove_leftovers(root: str) -> None:
             continue
         for name in os.listdir(directory):
             path = os.path.join(directory, name)
+            if _owner_alive(name):
+                continue
             if name.startswith((".tmp-", ".trash-")):
                 shutil.rmtree(path, ignore_errors=True)
             elif ".json.tmp-" in name:
                 os.remove(path)
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process named in a ``….tmp-<pid>-…`` entry still runs (this one does)."""
+    _, found, rest = name.partition(".tmp-")
+    pid = rest.split("-", 1)[0]
+    if not found or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill would end the process there, not probe it
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True

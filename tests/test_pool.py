@@ -98,6 +98,12 @@ def test_asyncio_run_in_executor(pool):
 def test_thousands_of_tiny_tasks_on_more_workers_than_cores():
     workers = (os.cpu_count() or 1) + 2
     with ClonePool(workers) as p:
+        # Workers start as work arrives: waiting tasks start them all; on an empty cache
+        # their clones are prepared one by one meanwhile, so wait until all are up.
+        list(p.map(time.sleep, [0.1] * workers))
+        deadline = time.monotonic() + 120
+        while len(p.stats()) < workers and time.monotonic() < deadline:
+            time.sleep(0.01)
         results = list(p.map(tasks.echo, range(3000)))
         indexes = {p.submit(tasks.clone_index).result() for _ in range(200)}
     assert results == list(range(3000))

@@ -183,23 +183,26 @@ def test_time_limits_per_pool_and_per_call(tmp_path):
                     kind = type(exc).__name__
                 took = time.monotonic() - t0
                 quick = pool.submit(add, 1, 2).result()
-                longer = pool.options(timeout=5).submit(sleep_then_spin, 0.5)
+                t0 = time.monotonic()
+                longer = pool.options(timeout=1.0).submit(sleep_then_spin, 0.5)
                 try:
                     longer.result(timeout=30)
                 except FuturesTimeout:
                     pass
+                took_longer = time.monotonic() - t0
                 unlimited = pool.options(timeout=None).submit(short_sleeps, 0.01)
                 time.sleep(0.8)
                 still_running = unlimited.running()
                 pool.interrupt(unlimited)
                 mapped = list(pool.options(timeout=2).map(add, range(5), range(5)))
                 report(kind=kind, took=took, quick=quick, workers=pool.workers, still_running=still_running,
-                       longer_ran=longer.done(), mapped=mapped)
+                       took_longer=took_longer, mapped=mapped)
     """)
     assert rc == 0, err
     assert got["kind"] in ("TimeoutError",), got
     assert 0.25 < got["took"] < 5, got
     assert got["quick"] == 3 and got["workers"] == 1  # the worker was reused
+    assert 0.9 < got["took_longer"] < 6, got  # options(timeout=1.0) replaces the pool's 0.3 s
     assert got["still_running"] is True  # options(timeout=None) lifts the pool's limit
     assert got["mapped"] == [0, 2, 4, 6, 8]
 
@@ -415,7 +418,6 @@ def test_stats_report_tasks_cpu_and_transport(tmp_path):
 MiB = 1 << 20
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["result", "argument"])
 def test_memory_of_a_large_payload_comes_back(tmp_path, direction):
     n = 200 * MiB
@@ -478,3 +480,38 @@ def test_large_tasks_sent_in_pieces_arrive_intact(tmp_path):
     assert got["same"] and got["echoed"]
     assert got["measured"] == [3 << 20, sum(range(300_000))] and got["written"] == 42
     assert got["transport"] <= 1 << 20
+
+
+def test_set_growth_spares_the_work_of_live_processes(tmp_path):
+    """Workers start one by one, so a pool grows its clone set while earlier clones of it
+    copy extension modules into their ext/ directories; growing must not remove those."""
+    from gilclone.cloner import store
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    ext = tmp_path / "clone-00" / "ext"
+    for pid in (os.getpid(), int(dead)):
+        (ext / f".tmp-{pid}-abcd1234").mkdir(parents=True)
+        (tmp_path / f"set.json.tmp-{pid}-abcd1234").write_text("{}")
+    store.remove_leftovers(str(tmp_path))
+    assert sorted(os.listdir(ext)) == [f".tmp-{os.getpid()}-abcd1234"]
+    assert [n for n in os.listdir(tmp_path) if ".tmp-" in n] == [f"set.json.tmp-{os.getpid()}-abcd1234"]
+
+
+@pytest.mark.slow
+def test_lazy_growth_while_clones_import_extensions(tmp_path):
+    env = dict(os.environ, GILCLONE_CACHE=str(tmp_path / "cache"))  # an empty cache
+    rc, got, err = run_script(tmp_path, """
+        from gilclone.pool import ClonePool
+        def imports(i):
+            import binascii, decimal, hashlib, json, zlib
+            time.sleep(0.05)
+            return (i, sys._gilclone_index)
+        if __name__ == "__main__":
+            with ClonePool(3) as pool:
+                got = list(pool.map(imports, range(30)))
+            report(ok=[g[0] for g in got] == list(range(30)), records=len(pool._records))
+    """, env=env, timeout=300)
+    assert rc == 0, err
+    # Three workers started, the later two growing the set while the first one ran tasks.
+    assert got["ok"] and got["records"] == 3
