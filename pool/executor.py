@@ -197,9 +197,10 @@ class ClonePool(Executor):
         """Stop ``future``'s task: a pending one is cancelled, a running one gets
         TaskInterrupted raised inside it (its future then ends with that error).
 
-        Returns False when the future is done, or not this pool's. The exception reaches
-        Python code within the clone's switch interval (5 ms); a C call that does not
-        return (time.sleep, blocking I/O) gets it when it returns.
+        Returns whether an interrupt was sent or the future cancelled (False when it is
+        done). The exception reaches Python code within the clone's switch interval
+        (5 ms); a C call that does not return (time.sleep, blocking I/O) gets it when it
+        returns.
         """
         entry = self._state.running.get(future)
         if entry is not None:
