@@ -15,13 +15,16 @@ from typing import Callable, List, Tuple
 class Deadline:
     """One registered time limit; ``cancel`` when the task ends first."""
 
-    __slots__ = ("when", "action", "cancelled")
+    __slots__ = ("when", "action", "cancelled", "_owner")
 
-    def __init__(self, when: float, action: Callable[[], object]):
-        self.when, self.action, self.cancelled = when, action, False
+    def __init__(self, when: float, action: Callable[[], object], owner: "_Watchdog"):
+        self.when, self.action, self.cancelled, self._owner = when, action, False, owner
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self.action = None  # drop the worker now, not when the deadline comes round
+            self._owner.cancelled += 1
 
 
 class _Watchdog:
@@ -30,10 +33,16 @@ class _Watchdog:
         self._counter = itertools.count()
         self._cond = threading.Condition(threading.Lock())
         self._thread = None
+        self.cancelled = 0  # cancelled entries still in the heap (approximately: no lock)
 
     def add(self, seconds: float, action: Callable[[], object]) -> Deadline:
-        deadline = Deadline(time.monotonic() + seconds, action)
+        deadline = Deadline(time.monotonic() + seconds, action, self)
         with self._cond:
+            if self.cancelled > 1024 and self.cancelled > len(self._heap) // 2:
+                # Long limits on many short tasks: do not keep every finished task's entry.
+                self._heap = [e for e in self._heap if not e[2].cancelled]
+                heapq.heapify(self._heap)
+                self.cancelled = 0
             heapq.heappush(self._heap, (deadline.when, next(self._counter), deadline))
             if self._thread is None:
                 # daemon: it never waits for anything but time, and holds nothing at exit
@@ -49,16 +58,19 @@ class _Watchdog:
                 while True:
                     while self._heap and self._heap[0][2].cancelled:
                         heapq.heappop(self._heap)
+                        self.cancelled = max(0, self.cancelled - 1)
                     now = time.monotonic()
                     if self._heap and self._heap[0][0] <= now:
                         deadline = heapq.heappop(self._heap)[2]
                         break
                     self._cond.wait(self._heap[0][0] - now if self._heap else None)
-            if not deadline.cancelled:
+            action = deadline.action
+            if not deadline.cancelled and action is not None:
                 # An interrupt waits for the clone's GIL, which a long C call may hold: on a
                 # thread of its own it cannot hold up the other deadlines.
-                threading.Thread(target=_quietly, args=(deadline.action,), name="ClonePool-timeout",
+                threading.Thread(target=_quietly, args=(action,), name="ClonePool-timeout",
                                  daemon=True).start()
+            del action
             del deadline
 
 

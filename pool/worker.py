@@ -179,8 +179,8 @@ class WorkerContext:
     # the clone's GIL too: so an interrupt meant for one task never lands in the next.
 
     def begin(self, task: int) -> None:
+        self._sent = None  # first: an interrupter may act as soon as _running is set
         self._running = task
-        self._sent = None
 
     def end(self) -> Optional[str]:
         """The task is over (call with nothing of it left to run): return why it was

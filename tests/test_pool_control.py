@@ -515,3 +515,21 @@ def test_lazy_growth_while_clones_import_extensions(tmp_path):
     assert rc == 0, err
     # Three workers started, the later two growing the set while the first one ran tasks.
     assert got["ok"] and got["records"] == 3
+
+
+def test_deadlines_fire_once_and_cancelled_ones_do_not_pile_up():
+    import threading
+
+    from gilclone.pool import deadlines
+
+    fired = threading.Event()
+    missed = []
+    kept = deadlines.after(0.05, fired.set)
+    dropped = deadlines.after(0.05, lambda: missed.append(1))
+    dropped.cancel()
+    assert fired.wait(10)
+    time.sleep(0.1)
+    assert missed == [] and not kept.cancelled
+    for _ in range(5000):  # long limits on many short tasks
+        deadlines.after(3600, missed.append).cancel()
+    assert len(deadlines._watchdog._heap) < 3000
