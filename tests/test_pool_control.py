@@ -533,3 +533,32 @@ def test_deadlines_fire_once_and_cancelled_ones_do_not_pile_up():
     for _ in range(5000):  # long limits on many short tasks
         deadlines.after(3600, missed.append).cancel()
     assert len(deadlines._watchdog._heap) < 3000
+
+
+def test_runner_setup_failure_releases_the_clone(tmp_path):
+    rc, got, err = run_script(tmp_path, """
+        from gilclone.errors import CloneLoadError
+        from gilclone.pool import BrokenClonePool, ClonePool
+        from gilclone.pool import worker as worker_module
+        if __name__ == "__main__":
+            real = worker_module.WorkerContext._attr
+            def refuse_once(self, obj, name):
+                if name == b"set_buffer" and not refuse_once.done:
+                    refuse_once.done = True
+                    raise CloneLoadError("clone: cannot find set_buffer (refused by the test)")
+                return real(self, obj, name)
+            refuse_once.done = False
+            worker_module.WorkerContext._attr = refuse_once  # the runner half set up, then an error
+            broken = ClonePool(1)
+            try:
+                broken.submit(add, 1, 1).result(timeout=60)
+                first = "ran"
+            except BrokenClonePool as exc:
+                first = str(exc)
+            broken.shutdown()
+            with ClonePool(1) as pool:  # the same clone: its GIL must have been released
+                report(first=first, second=pool.submit(add, 2, 3).result(timeout=60),
+                       same=pool._records[0].index == broken._records[0].index)
+    """, timeout=120)
+    assert rc == 0, err
+    assert "set_buffer" in got["first"] and got["second"] == 5 and got["same"]
