@@ -8,6 +8,7 @@ code is a small library whose constructor writes a marker file: if the marker
 appears, someone loaded it.
 """
 
+import glob
 import hashlib
 import json
 import os
@@ -696,3 +697,41 @@ def test_prepare_loop_beside_a_running_pool(base_set, tmp_path):
     assert pool.returncode == 0, err[-3000:]
     assert len(codes) >= 2 and set(codes) == {0}, codes
     assert all(ok for _, ok, _ in audit.set_checks(dest)), audit.set_checks(dest)
+
+
+LEASE_SCRIPT = textwrap.dedent("""
+    import sys
+    from gilclone.pool import ClonePool
+
+    def index(_):
+        import bisect
+        return sys._gilclone_index
+
+    if __name__ == "__main__":
+        with ClonePool(1) as a, ClonePool(1) as b, ClonePool(1) as c:
+            print(sorted({f.result() for f in [p.submit(index, 0) for p in (a, b, c)]}))
+""")
+
+
+def test_a_pool_checks_every_clone_it_leases_not_only_the_first(tmp_path):
+    """The default cache is checked for the first clone when a pool starts; a clone leased
+    later (other pools hold the first ones) is checked then, and rebuilt when damaged,
+    before it is loaded. It used to be loaded unchecked and fail (BrokenClonePool)."""
+    env = dict(os.environ, GILCLONE_CACHE=str(tmp_path / "cache"))
+    script = tmp_path / "lease.py"
+    script.write_text(LEASE_SCRIPT)
+
+    def run():
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             timeout=180, cwd=str(tmp_path), env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    assert run() == "[0, 1, 2]"
+    planted = []
+    for twin in glob.glob(str(tmp_path / "cache" / "*" / "clone-0[12]" / "ext" / "_bisect*")):
+        shutil.copytree(twin, twin + "-planted")
+        planted.append(twin + "-planted")
+    assert len(planted) == 2
+    assert run() == "[0, 1, 2]"
+    assert not any(os.path.exists(p) for p in planted)

@@ -263,6 +263,11 @@ POOL_SCRIPT = textwrap.dedent('''
         pool = ClonePool(2, clones=root)
         pool.submit(work, 10).result()
         started = time.perf_counter() - t0
+        # Workers start as work arrives: start the second one and wait until it is up.
+        list(pool.map(time.sleep, [0.1, 0.1]))
+        deadline = time.perf_counter() + 120
+        while len(pool.stats()) < 2 and time.perf_counter() < deadline:
+            time.sleep(0.01)
         probes = [f.result() for f in [pool.submit(probe, 0.4), pool.submit(probe, 0.4)]]
         # python3.dll copies forward to their own clone (no abi3 .pyd in the embed zip).
         forwarding = []
