@@ -1,9 +1,11 @@
 # Two commands for a fresh Debian machine: `make demo` and `make test`.
+# `make test-fast` runs the tests not marked slow (readers, writers, models, parsers, CLI):
+# under a minute, for the edit-test loop; `make test` runs everything.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench lint setup setup-test clean
+.PHONY: demo test test-fast bench lint setup setup-test clean
 
 $(VENV)/.stamp: pyproject.toml scripts/setup-env
 	PYTHON=$(PYTHON) bash scripts/setup-env
@@ -11,8 +13,11 @@ $(VENV)/.stamp: pyproject.toml scripts/setup-env
 
 setup: $(VENV)/.stamp
 
-setup-test: setup
+$(VENV)/.stamp-test: $(VENV)/.stamp
 	GILCLONE_SETUP_TEST=1 PYTHON=$(PYTHON) bash scripts/setup-env
+	touch $@
+
+setup-test: $(VENV)/.stamp-test
 
 demo: setup
 	$(PY) scripts/demo.py
@@ -20,8 +25,12 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# --durations: the slowest tests stay in sight, so that new slow ones get marked.
 test: setup-test lint
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
+
+test-fast: setup-test lint
+	$(PY) -m pytest -q -ra -m "not slow" --durations=5 $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/run.py

@@ -1,6 +1,6 @@
 """Benchmark ClonePool against its peers: ``python bench/run.py [--quick] [--workers N] [--only ...]``.
 
-Everything lives in ``harness.py``. This file stays tiny because pool workers
+The benchmark starts in ``harness.py``. This file stays tiny because pool workers
 re-run the main script as ``__mp_main__`` (ClonePool clones and the spawn and
 forkserver start methods alike); the guard below keeps them from starting a
 benchmark of their own, and the absence of imports keeps that re-run cheap.

@@ -2,17 +2,15 @@
 
 Each format module offers the same two functions:
 
-- ``build_libpython(source, directory, name_id, index) -> BuiltClone`` writes the
-  clone's libpython (and any companion files: forwarders, path files) into
-  ``directory``;
+- ``build_libpython(source, directory, name_id, index) -> BuiltClone``
+  (cloner.built_clone) writes the clone's libpython (and any companion files:
+  forwarders, path files) into ``directory``;
 - ``build_twin(source, target, renames, libpython)`` writes a copy of extension
   module ``source`` at ``target`` bound to the clone (``renames`` maps original
   image names to the clone's, ``libpython`` is the clone's libpython name).
 """
 
 import importlib
-from dataclasses import dataclass
-from typing import Tuple
 
 from gilclone.errors import CloneError
 
@@ -21,13 +19,6 @@ _MODULES = {
     "PE": "gilclone.cloner.pe_clone",
     "Mach-O": "gilclone.cloner.macho_clone",
 }
-
-
-@dataclass(frozen=True)
-class BuiltClone:
-    libpython: str  # file name of the libpython copy inside the clone directory
-    files: Tuple[str, ...]  # every file written, relative to the clone directory
-    renames: Tuple[Tuple[str, str], ...]  # (original image name, clone's name)
 
 
 def builder_for(binary_format: str):

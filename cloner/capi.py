@@ -6,7 +6,7 @@ likes while other host threads carry on.
 """
 
 import ctypes
-from ctypes import POINTER, c_char_p, c_int, c_ssize_t, c_void_p, c_wchar_p
+from ctypes import POINTER, c_char_p, c_int, c_ssize_t, c_ulong, c_void_p, c_wchar_p
 
 PyBUF_READ = 0x100
 PyBUF_WRITE = 0x200
@@ -70,6 +70,9 @@ _PROTOTYPES = {
     "PyErr_Occurred": (c_void_p, []),
     "PyErr_Print": (None, []),
     "PyErr_Clear": (None, []),
+    "PyErr_ExceptionMatches": (c_int, [c_void_p]),
+    # thread id (a pthread_t, as threading.get_ident), exception type or NULL to clear
+    "PyThreadState_SetAsyncExc": (c_int, [c_ulong, c_void_p]),
 }
 
 

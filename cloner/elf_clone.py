@@ -12,7 +12,7 @@ import re
 from typing import Dict, List, Optional
 
 from gilclone.cloner import elf_writer, naming
-from gilclone.cloner.builders import BuiltClone
+from gilclone.cloner.built_clone import BuiltClone
 from gilclone.platforms import elf as elf_reader
 from gilclone.platforms.classify import python_version_from_libname
 from gilclone.platforms.elf_deps import read_dynamic_facts

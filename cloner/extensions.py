@@ -7,17 +7,22 @@ RTLD_DEEPBIND load finds the clone first) and its ``$ORIGIN`` run paths made
 absolute (so bundled libraries such as numpy's OpenBLAS are still found from
 the copy's new place).
 
-On ELF, the helper libraries in the twin's closure that call the C API get
-per-clone copies first (``closure.py``), and the twin names those copies.
+The helper libraries in the twin's closure that call the C API get per-clone
+copies first (``closure.py``), in ``<clone>/lib/``, and the twin names those
+copies. Twins and copies are members of the clone like its libpython: built
+under the clone's ext lock, listed in its manifest with their ``.json``
+records, private modes, and used only while listed and intact (``integrity``).
 """
 
+import contextlib
 import hashlib
+import logging
 import os
 import threading
-import uuid
-from typing import Dict, Optional, Tuple
+import time
+from typing import Dict, List, Optional, Tuple
 
-from gilclone.cloner import closure, store
+from gilclone.cloner import closure, integrity, leftovers, store, trust
 from gilclone.cloner.builders import builder_for
 from gilclone.cloner.filelock import FileLock
 from gilclone.platforms import resolve
@@ -25,6 +30,8 @@ from gilclone.platforms import resolve
 from gilclone.errors import BinaryFormatError, CloneError, GilcloneError
 
 TWIN_FILE = "twin.json"
+
+log = logging.getLogger(__name__)
 
 
 class TwinFactory:
@@ -71,30 +78,47 @@ class TwinFactory:
 
     def _own_copy(self, path: str, plan: closure.ClosurePlan) -> str:
         copy = closure.plan_library(plan, self.record, self._probe(path))
-        self._make_copies(plan.copies + (copy,))
+        copies = plan.copies + (copy,)
+        self._use_copies(copies)
+        if not all(self._copy_is_current(c) for c in copies):
+            with self._building():
+                self._make_copies(copies)
         return copy.path
 
     def _twin_for(self, source: str) -> str:
         base = os.path.basename(source)
         key = f"{base}-{hashlib.sha1(source.encode()).hexdigest()[:10]}"
-        twin_dir = os.path.join(self.record.ext_dir, key)
-        twin = os.path.join(twin_dir, base)
+        twin = os.path.join(self.record.ext_dir, key, base)
         if self.record.binary_format == "PE" and not source.lower().endswith(".pyd"):
             # A C-API DLL imported as a module (pywin32's pywintypes311.dll): the module
             # and the DLL that twins import by name must be one image, the clone's copy.
             return self._own_copy(source, self._plan(source))
         plan = self._plan(source)
-        self._make_copies(plan.copies)
+        self._use_copies(plan.copies)
         libraries = dict(plan.libraries)
-        meta = os.path.join(twin_dir, TWIN_FILE)
-        if _is_current(meta, twin, source, {"libraries": libraries}):
+        rels = [f"ext/{key}/{base}", f"ext/{key}/{TWIN_FILE}"]
+        if all(self._copy_is_current(c) for c in plan.copies) and _is_current(
+                self.record, rels, source, {"libraries": libraries}):
             return twin
-        os.makedirs(self.record.ext_dir, exist_ok=True)
-        with FileLock(os.path.join(self.record.ext_dir, ".lock")):
-            if _is_current(meta, twin, source, {"libraries": libraries}):
+        with self._building():
+            self._make_copies(plan.copies)
+            if _is_current(self.record, rels, source, {"libraries": libraries}):
                 return twin
-            self._build(source, twin_dir, base, libraries)
+            t0 = time.perf_counter()
+            self._build(source, key, base, libraries)
+        log.info("clone %d: built twin of %s in %.2f s", self.record.index, source, time.perf_counter() - t0)
         return twin
+
+    @contextlib.contextmanager
+    def _building(self):
+        """Hold the clone's ext lock, the one verify and the pool check files under (see
+        integrity.ext_lock): every twin and library copy is built and listed under it,
+        so what lies unfinished in ext/ or lib/ while we hold it is dead."""
+        trust.make_private_dirs(self.record.ext_dir)
+        with FileLock(os.path.join(self.record.ext_dir, ".lock")):
+            leftovers.remove_in(self.record.ext_dir, lock_held=True)
+            leftovers.remove_in(os.path.join(self.record.directory, closure.LIB_DIR), lock_held=True)
+            yield
 
     # -- helper libraries ----------------------------------------------------
 
@@ -137,58 +161,57 @@ class TwinFactory:
                 self._python = {}
         return self._python
 
-    def _make_copies(self, copies: Tuple[closure.LibraryCopy, ...]) -> None:
+    def _use_copies(self, copies: Tuple[closure.LibraryCopy, ...]) -> None:
         if copies and os.name == "nt":
             _add_dll_directory(os.path.dirname(copies[0].path))
+
+    def _copy_is_current(self, copy: closure.LibraryCopy) -> bool:
+        return _is_current(self.record, _library_rels(copy), copy.source,
+                           {"libraries": dict(copy.libraries)})
+
+    def _make_copies(self, copies: Tuple[closure.LibraryCopy, ...]) -> None:
+        """Build the stale ones (the caller holds the ext lock, see ``_building``)."""
         for copy in copies:
-            expect = {"libraries": dict(copy.libraries)}
-            meta = copy.path + ".json"
-            if _is_current(meta, copy.path, copy.source, expect):
-                continue
-            os.makedirs(os.path.dirname(copy.path), exist_ok=True)
-            with FileLock(os.path.join(os.path.dirname(copy.path), ".lock")):
-                if not _is_current(meta, copy.path, copy.source, expect):
-                    _remove_leftovers(os.path.dirname(copy.path))
-                    self._build_library(copy, meta)
+            if not self._copy_is_current(copy):
+                t0 = time.perf_counter()
+                self._build_library(copy)
+                log.info("clone %d: copied helper library %s in %.2f s", self.record.index, copy.source,
+                         time.perf_counter() - t0)
 
-    def _build_library(self, copy: closure.LibraryCopy, meta: str) -> None:
-        if self.record.binary_format == "Mach-O":
-            from gilclone.cloner.macho_closure import build_library
-
-            name = copy.path  # the install name
-        elif self.record.binary_format == "PE":
-            from gilclone.cloner.pe_closure import build_library
-
-            name = copy.soname
-        else:
-            from gilclone.cloner.elf_clone import build_library
-
-            name = copy.soname
-        tmp = os.path.join(os.path.dirname(copy.path), f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{copy.soname}")
+    def _build_library(self, copy: closure.LibraryCopy) -> None:
+        lib_dir = os.path.dirname(copy.path)
+        trust.make_private_dirs(lib_dir)
+        tmp = os.path.join(lib_dir, leftovers.temp_name())
+        os.mkdir(tmp, trust.DIR_MODE)
+        target = os.path.join(tmp, copy.soname)
         try:
             try:
-                build_library(
+                _library_builder(self.record.binary_format)(
                     copy.source,
-                    tmp,
-                    name,
+                    target,
+                    copy.path if self.record.binary_format == "Mach-O" else copy.soname,  # install name
                     self.record.rename_map,
                     self.record.soname if copy.uses_python_api else None,
                     dict(copy.libraries),
                 )
             except GilcloneError as exc:
                 raise CloneError(f"cannot copy helper library {copy.source}: {exc}") from None
-            os.replace(tmp, copy.path)
-            store.write_json_atomic(meta, _record(copy.source, copy.path, {"libraries": dict(copy.libraries)}))
+            store.write_json_atomic(target + ".json", _record(copy.source, target, dict(copy.libraries)))
+            trust.seal(tmp)
+            os.replace(target, copy.path)
+            os.replace(target + ".json", copy.path + ".json")
+            # The manifest lists every file of the clone: a copy not listed is refused.
+            integrity.list_files_in_manifest(self.record.directory, _library_rels(copy))
         finally:
             if os.path.exists(tmp):
-                os.remove(tmp)
+                store.discard(tmp)
 
     # -- twins ---------------------------------------------------------------
 
-    def _build(self, source: str, twin_dir: str, base: str, libraries: Dict[str, str]) -> None:
+    def _build(self, source: str, key: str, base: str, libraries: Dict[str, str]) -> None:
         builder = builder_for(self.record.binary_format)
-        tmp = os.path.join(self.record.ext_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.makedirs(tmp)
+        tmp = os.path.join(self.record.ext_dir, leftovers.temp_name())
+        os.mkdir(tmp, trust.DIR_MODE)
         target = os.path.join(tmp, base)
         extra = {"libraries": libraries} if libraries else {}
         try:
@@ -196,9 +219,14 @@ class TwinFactory:
                 builder.build_twin(source, target, self.record.rename_map, self.record.soname, **extra)
             except BinaryFormatError as exc:
                 raise CloneError(f"cannot copy extension module: {exc}") from None
-            store.write_json_atomic(os.path.join(tmp, TWIN_FILE), _record(source, target, {"libraries": libraries}))
+            store.write_json_atomic(os.path.join(tmp, TWIN_FILE), _record(source, target, libraries))
+            trust.seal(tmp)
+            twin_dir = os.path.join(self.record.ext_dir, key)
             store.discard(twin_dir)
             os.rename(tmp, twin_dir)
+            # The manifest lists every file of the clone: a twin not listed is refused.
+            integrity.list_in_manifest(self.record.directory, f"ext/{key}/",
+                                       [f"ext/{key}/{base}", f"ext/{key}/{TWIN_FILE}"])
         finally:
             if os.path.exists(tmp):
                 store.discard(tmp)
@@ -220,21 +248,27 @@ def note_dll_directory(path: str) -> str:
 def _add_dll_directory(directory: str) -> None:
     """Windows: twins import the clone's helper-DLL copies by name; let the loader find them."""
     if directory not in _DLL_DIRECTORIES:
-        os.makedirs(directory, exist_ok=True)
+        trust.make_private_dirs(directory)
         try:
             _DLL_DIRECTORIES[directory] = os.add_dll_directory(directory)
         except (OSError, AttributeError):
             pass
 
 
-def _remove_leftovers(lib_dir: str) -> None:
-    """Half-written copies of a killed process (only called holding the directory's lock)."""
-    for name in os.listdir(lib_dir):
-        if name.startswith(".tmp-") or ".json.tmp-" in name:
-            try:
-                os.remove(os.path.join(lib_dir, name))
-            except OSError:
-                pass
+def _library_builder(binary_format: str):
+    if binary_format == "Mach-O":
+        from gilclone.cloner.macho_closure import build_library
+    elif binary_format == "PE":
+        from gilclone.cloner.pe_closure import build_library
+    else:
+        from gilclone.cloner.elf_clone import build_library
+    return build_library
+
+
+def _library_rels(copy: closure.LibraryCopy) -> List[str]:
+    """A copy's file and its ``.json`` record, relative to the clone (as the manifest has them)."""
+    rel = f"{closure.LIB_DIR}/{copy.soname}"
+    return [rel, rel + ".json"]
 
 
 def _executable() -> str:
@@ -250,36 +284,36 @@ def _search(name: str, probe: resolve.Probe) -> Optional[str]:
     return found.path if found else None
 
 
-def _record(source: str, target: str, extra: dict) -> dict:
-    """What twin.json (and a library copy's .json) says: where it came from, its hash."""
+def _record(source: str, target: str, libraries: Dict[str, str]) -> dict:
+    """What twin.json (and a library copy's .json) says: where it came from, its hash and
+    which helper-library copies it names."""
     src_stat = os.stat(source)
-    tgt_stat = os.stat(target)
     return {
         "source": source,
         "source_size": src_stat.st_size,
         "source_mtime_ns": src_stat.st_mtime_ns,
         "sha256": store.sha256_file(target),
-        "stamp": [tgt_stat.st_size, tgt_stat.st_mtime_ns, tgt_stat.st_ctime_ns, tgt_stat.st_ino],
-        **extra,
+        "libraries": libraries,
     }
 
 
-def _is_current(meta_path: str, twin: str, source: str, expect: Optional[dict] = None) -> bool:
-    """The copy exists, was made from the source as it is now (with the ``expect``ed
-    fields: which helper-library copies it names), and is unaltered."""
+def _is_current(record: store.CloneRecord, rels: List[str], source: str, expect: dict) -> bool:
+    """The copy (``rels``: the file, then its .json record) exists, was made from the source
+    as it is now (with the ``expect``ed fields: which helper-library copies it names), and
+    is listed and unaltered.
+
+    The record only says which source the copy was made from; the copy's path is ours
+    (``ext/<key>/<base>``, ``lib/<soname>``), never read from it.
+    """
     try:
-        meta = store.read_json(meta_path)
+        meta = store.read_json(os.path.join(record.directory, rels[1]))
         src = os.stat(source)
-        tgt = os.stat(twin)
     except (OSError, ValueError):
         return False
-    if meta.get("source") != source or meta.get("source_size") != src.st_size:
+    if not isinstance(meta, dict) or meta.get("source") != source:
         return False
-    if meta.get("source_mtime_ns") != src.st_mtime_ns:
+    if meta.get("source_size") != src.st_size or meta.get("source_mtime_ns") != src.st_mtime_ns:
         return False
-    if any(meta.get(k, {}) != v for k, v in (expect or {}).items()):
+    if any(meta.get(k, {}) != v for k, v in expect.items()):
         return False
-    stamp = [tgt.st_size, tgt.st_mtime_ns, tgt.st_ctime_ns, tgt.st_ino]
-    if tgt.st_ino and meta.get("stamp") == stamp:  # no inode number: trust only the hash
-        return True
-    return store.sha256_file(twin) == meta.get("sha256")
+    return integrity.listed_and_intact(record, rels)

@@ -1,9 +1,12 @@
 """An exclusive lock on a file, across processes, released when the holder dies."""
 
+import errno
 import os
 import time
 
-from gilclone.errors import CloneError
+from gilclone.cloner import trust
+
+from gilclone.errors import CacheTrustError, CloneError
 
 if os.name == "nt":
     import msvcrt
@@ -27,15 +30,43 @@ else:
 
 
 class FileLock:
-    """``with FileLock(path):`` holds an exclusive lock on ``path`` (created if missing)."""
+    """``with FileLock(path):`` holds an exclusive lock on ``path``.
 
-    def __init__(self, path: str, timeout_s: float = 600.0):
+    The file is created (mode 0600) unless ``create`` is false; then a missing
+    file raises FileNotFoundError, and the lock is taken through a read-only
+    descriptor, which is enough for ``flock`` and works in a set shared read-only.
+    The file is never opened through a symbolic link: one planted there could
+    make us create or lock a file elsewhere.
+    """
+
+    def __init__(self, path: str, timeout_s: float = 600.0, create: bool = True):
         self.path = path
         self.timeout_s = timeout_s
+        self.create = create
         self._fd = None
 
+    def _open(self) -> int:
+        flags = (os.O_RDWR | os.O_CREAT) if self.create else os.O_RDONLY
+        flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags, trust.FILE_MODE)
+        except OSError as exc:
+            # ELOOP, or EACCES where the kernel protects links in sticky directories
+            if exc.errno == errno.ELOOP or os.path.islink(self.path):
+                raise CacheTrustError(
+                    f"{self.path}: is a symbolic link, which gilclone never follows for its lock; "
+                    "delete it and check who could write to that directory"
+                ) from None
+            raise
+        try:
+            trust.require_entry(self.path, os.fstat(fd))
+        except CacheTrustError:
+            os.close(fd)
+            raise
+        return fd
+
     def __enter__(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:

@@ -8,9 +8,11 @@ libpython copy cannot be unloaded once its extension copies depend on it.
 
 import contextlib
 import ctypes
+import logging
 import os
 import sys
 import threading
+import time
 from typing import Callable, Dict, Optional
 
 from gilclone.cloner import store
@@ -18,6 +20,8 @@ from gilclone.cloner.capi import METH_O, CApi, PyMethodDef
 from gilclone.cloner.extensions import TwinFactory, note_dll_directory
 
 from gilclone.errors import CloneLoadError, CloneSetCorruptError
+
+log = logging.getLogger(__name__)
 
 _HOST_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 _BOOTSTRAP_SOURCE: Optional[str] = None
@@ -78,10 +82,13 @@ class Clone:
             )
         if os.name == "nt":
             _add_dll_directories(self.python.get("extension_dirs", ()))
+        t0 = time.perf_counter()
         try:
             lib = ctypes.CDLL(self.record.libpython, mode=load_flags())
         except OSError as exc:
             raise CloneLoadError(f"{self.record.libpython}: cannot be loaded: {exc}") from None
+        log.info("clone %d: loaded %s (flags %#x) in %.1f ms", self.index, self.record.libpython,
+                 load_flags(), (time.perf_counter() - t0) * 1e3)
         self.api = CApi(lib)
         return self.api
 
@@ -95,9 +102,11 @@ class Clone:
                 raise CloneLoadError(
                     f"{self.record.libpython}: already initialised in this process by other code"
                 )
+            t0 = time.perf_counter()
             with _INIT_LOCK if os.name == "nt" else contextlib.nullcontext():
                 self._initialise(sys_path, argv, run_site)
             self.initialised = True
+            log.info("clone %d: initialised in %.1f ms", self.index, (time.perf_counter() - t0) * 1e3)
 
     def _initialise(self, sys_path, argv, run_site: bool) -> None:
         api = self.api
@@ -156,6 +165,7 @@ class Clone:
                 return 0
             self.api.PyGILState_Ensure()
             self.initialised = False
+            log.debug("clone %d: finalising", self.index)
             return self.api.Py_FinalizeEx()
 
     # -- entering from a host thread ------------------------------------------

@@ -25,17 +25,18 @@ directory), so bundled libraries (numpy's ``.dylibs``) are still found; it gets
 a fresh UUID and an ad-hoc signature too. The byte-level work is
 ``cloner.macho_writer``; this module decides what to write and checks sets
 (``static_checks``, run by ``gilclone verify`` for a set that cannot be
-loaded here) and machines (``doctor_findings``, gilclone doctor's macOS checks).
+loaded here). gilclone doctor's macOS checks are ``cloner.doctor.macos``.
 """
 
 import os
 import struct
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from gilclone.cloner import codesign, macho_writer, naming, store
-from gilclone.cloner.builders import BuiltClone
+from gilclone.cloner import codesign, macho_binds, macho_commands, macho_writer, naming, store
+from gilclone.cloner.built_clone import BuiltClone
 from gilclone.platforms import macho
 from gilclone.platforms.classify import python_version_from_libname
+from macholib.mach_o import LC_RPATH, MH_TWOLEVEL
 
 from gilclone.errors import BinaryFormatError, CloneError, RewriteError
 
@@ -106,15 +107,15 @@ def load_names(data: bytes, sl: macho.RawSlice) -> List[str]:
 
 
 def rpath_names(data: bytes, sl: macho.RawSlice) -> List[str]:
-    return [macho.lc_str(data, sl, c) for c in sl.find(macho.LC_RPATH)]
+    return [macho.lc_str(data, sl, c) for c in sl.find(LC_RPATH)]
 
 
-def _resolve_rpath(name: str, rpaths: Sequence[str], loader_dir: str,
-                   exists: Callable[[str], bool]) -> Optional[str]:
+def resolve_rpath(name: str, rpaths: Sequence[str], loader_dir: str,
+                  exists: Callable[[str], bool] = os.path.exists) -> Optional[str]:
     """The file an ``@rpath/`` name finds through ``rpaths`` of an image in ``loader_dir``."""
     rest = name[len("@rpath/"):]
     for rp in rpaths:
-        base = macho_writer.resolve_loader_path(rp, loader_dir) or rp
+        base = macho_commands.resolve_loader_path(rp, loader_dir) or rp
         if base.startswith("@"):
             continue  # @executable_path: depends on the program, not on where the image is
         path = os.path.join(base, rest)
@@ -139,7 +140,7 @@ def reference_problems(source: str, copy: str, exists: Callable[[str], bool] = o
         old_loads, new_loads = load_names(src_data, ssl), load_names(data, sl)
         old_rp, new_rp = rpath_names(src_data, ssl), rpath_names(data, sl)
         for old, new in list(zip(old_loads, new_loads)) + list(zip(old_rp, new_rp)):
-            want = macho_writer.resolve_loader_path(old, src_dir)
+            want = macho_commands.resolve_loader_path(old, src_dir)
             if want is None:
                 continue
             if new != want:
@@ -149,9 +150,9 @@ def reference_problems(source: str, copy: str, exists: Callable[[str], bool] = o
         for name in new_loads:
             if not name.startswith("@rpath/"):
                 continue
-            if _resolve_rpath(name, old_rp, src_dir, exists) is None:
+            if resolve_rpath(name, old_rp, src_dir, exists) is None:
                 continue  # the original relies on its loaders' run paths; so does the copy
-            if _resolve_rpath(name, new_rp, copy_dir, exists) is None:
+            if resolve_rpath(name, new_rp, copy_dir, exists) is None:
                 problems.append(f"{sl.arch}: {name} does not resolve from the copy (run paths {new_rp})")
         left = [n for n in new_loads + new_rp if n.startswith("@loader_path")]
         problems += [f"{sl.arch}: {n} is still relative to the copy's directory" for n in left]
@@ -282,13 +283,13 @@ def twin_bind_problems(twin: str, clone_name: str, clone_exports: Mapping[str, s
     problems, count = [], 0
     for sl in slices:
         loads = load_names(data, sl)
-        if not sl.flags & macho.MH_TWOLEVEL:
+        if not sl.flags & MH_TWOLEVEL:
             problems.append(f"{sl.arch}: not a two-level namespace image")
         if clone_name not in loads:
             problems.append(f"{sl.arch}: does not load {clone_name}")
             continue
         ordinal = loads.index(clone_name) + 1
-        binds = macho_writer.python_binds(data, sl)
+        binds = macho_binds.python_binds(data, sl)
         count += len(binds)
         wrong = sorted({n for n, o in binds if o != ordinal})
         if wrong:
@@ -307,7 +308,7 @@ def _exports_by_arch(path: str) -> Dict[str, set]:
     data, _fat, slices = macho.scan_path(path)
     try:
         return {sl.arch: set(macho.export_names(data, sl)) for sl in slices}
-    except macho._Malformed as exc:
+    except macho.MalformedMachO as exc:
         raise BinaryFormatError(path, str(exc)) from None
 
 
@@ -334,187 +335,3 @@ def _twin_references(twins) -> Check:
                 problems += [f"{twin}: {p}" for p in reference_problems(source, twin)]
     return ("extension_references_resolve", not problems,
             "; ".join(problems[:5]) or "the copies find every library the originals find")
-
-
-# ---------------------------------------------------------------------------
-# gilclone doctor on macOS (cloner.doctor's PLATFORM_CHECKS["macos"] calls this)
-
-# A clone's install name is <set>/clone-NN/libgc<18 chars>.dylib; the set directory
-# is named <version>-<12 hex> under the cache root.
-_INSTALL_NAME_TAIL = len("/3.12.10-0123456789ab/clone-00/libgc0123456789abcdef00.dylib")
-SIP_PREFIXES = ("/usr/bin/", "/bin/", "/usr/sbin/", "/sbin/", "/System/", "/usr/libexec/")
-SCAN_CAP = 5000
-
-
-def _dylib_cmd_size(name: str) -> int:
-    return (24 + len(name.encode()) + 1 + 7) // 8 * 8
-
-
-def extension_problems(path: str, clone_name: str) -> Dict[str, object]:
-    """What making a twin of the extension at ``path`` would run into, per the writer's rules."""
-    out: Dict[str, object] = {"flat_py": 0, "flat_image": False, "padding": [], "lazy_ordinal": [],
-                              "rpath": [], "links_libpython": []}
-    data, _fat, slices = macho.scan_path(path)
-    for sl in slices:
-        loads = load_names(data, sl)
-        rpaths = rpath_names(data, sl)
-        if not sl.flags & macho.MH_TWOLEVEL:
-            out["flat_image"] = True
-        binds = macho_writer.python_binds(data, sl)
-        out["flat_py"] += sum(1 for _n, o in binds if o == macho_writer.BIND_SPECIAL_DYLIB_FLAT_LOOKUP)
-        linked = [n for n in loads if (python_version_from_libname(n) or "").startswith("3")]
-        out["links_libpython"] += linked
-        need = 0 if linked else _dylib_cmd_size(clone_name)
-        need += 0 if sl.find(macho.LC_CODE_SIGNATURE) else 16
-        need += 0 if sl.find(macho.LC_UUID) else 24
-        src_dir = os.path.dirname(os.path.realpath(path))
-        for c in sl.find(*macho.LOAD_DYLIB_COMMANDS, macho.LC_RPATH):
-            new = macho_writer.resolve_loader_path(macho.lc_str(data, sl, c), src_dir)
-            if new is not None:
-                size = _dylib_cmd_size(new) if c.cmd != macho.LC_RPATH else (12 + len(new) + 1 + 7) // 8 * 8
-                need += max(0, size - c.cmdsize)
-        padding = macho.header_padding(data, sl)
-        if need > padding:
-            out["padding"].append(f"{sl.arch}: needs {need} bytes, has {padding}")
-        if not linked and len(loads) + 1 > 15:
-            lazy = [c for c in sl.find(macho.LC_DYLD_INFO, macho.LC_DYLD_INFO_ONLY)
-                    if struct.unpack_from(sl.endian + "I", data, sl.offset + c.offset + 36)[0]]
-            if lazy:
-                out["lazy_ordinal"].append(f"{sl.arch}: {len(loads)} dylibs loaded")
-        for name in loads:
-            if name.startswith("@rpath/") and _resolve_rpath(name, rpaths, src_dir, os.path.exists) is None:
-                out["rpath"].append(name)
-    return out
-
-
-def scan_extensions(dirs: Sequence[str], suffix: str, cap: int = SCAN_CAP):
-    """Paths of the Mach-O extension modules below ``dirs`` (at most ``cap``), and whether capped."""
-    suffixes = tuple(s for s in (suffix, ".abi3.so") if s)
-    found, seen = [], set()
-    for top in dirs:
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            for name in sorted(filenames):
-                real = os.path.realpath(os.path.join(dirpath, name))
-                if not name.endswith(suffixes) or real in seen:
-                    continue
-                if len(found) >= cap:
-                    return found, True
-                seen.add(real)
-                found.append(os.path.join(dirpath, name))
-    return found, False
-
-
-def doctor_findings(install, libpython, environ: Mapping[str, str], cache_root: Optional[str] = None):
-    """gilclone doctor's macOS findings (cloner.doctor.Finding), from the files and the environment."""
-    from gilclone.cloner import doctor as d
-
-    F = d.Finding
-    findings = [F("macos-not-run", d.INFO, "macOS support: " + NOT_RUN_NOTE,
-                  "Clone sets for macOS are built and proven right from the files (load commands, "
-                  "binds, signatures checked against the LLVM tools); dyld has not yet loaded one.",
-                  "Report what `gilclone verify` says on your Mac")]
-    root = cache_root or store.default_cache_root()
-    clone_name = os.path.join(root, "x" * (_INSTALL_NAME_TAIL - 1))
-    if libpython is not None:
-        data, _fat, slices = macho.scan_path(libpython.path)
-        for sl in slices:
-            ids = sl.find(macho.LC_ID_DYLIB)
-            grow = _dylib_cmd_size(clone_name) - (ids[0].cmdsize if ids else 0)
-            grow += 0 if sl.find(macho.LC_CODE_SIGNATURE) else 16
-            padding = macho.header_padding(data, sl)
-            if grow > padding:
-                findings.append(F("macos-libpython-header-padding", d.ERROR,
-                                  f"{libpython.path} [{sl.arch}] has {padding} bytes of header padding; "
-                                  f"the clones' install names under {root} need {grow}",
-                                  "Each copy gets its absolute path as its install name (LC_ID_DYLIB).",
-                                  "Use a shorter cache directory (--dest or GILCLONE_CACHE)"))
-    paths, capped = scan_extensions(install.extension_dirs, install.extension_suffix)
-    flat, flat_images, padding, lazy, rpath, unreadable = [], [], [], [], [], 0
-    for path in paths:
-        try:
-            p = extension_problems(path, clone_name)
-        except (BinaryFormatError, RewriteError, struct.error):
-            unreadable += 1
-            continue
-        if p["flat_py"]:
-            flat.append(path)
-        if p["flat_image"]:
-            flat_images.append(path)
-        if p["padding"]:
-            padding.append(f"{path} ({'; '.join(p['padding'])})")
-        if p["lazy_ordinal"]:
-            lazy.append(path)
-        rpath += [f"{path} ({n})" for n in p["rpath"]]
-    listed = d._listed
-    if flat:
-        findings.append(F("macos-flat-extensions", d.INFO,
-                          f"{len(flat)} of {len(paths)} extension modules look up Py* symbols in the flat "
-                          f"namespace (-undefined dynamic_lookup): {listed(flat)}",
-                          "A flat lookup finds the host's libpython first. Each clone's copy of a module "
-                          "loads the clone's libpython and binds its Py* symbols to it (two-level).", ""))
-    if flat_images:
-        findings.append(F("macos-flat-namespace-images", d.WARNING,
-                          f"{len(flat_images)} extension modules are flat-namespace images (no "
-                          f"MH_TWOLEVEL): {listed(flat_images)}",
-                          "Their copies are switched to two-level binds; every non-Python symbol stays an "
-                          "explicit flat lookup, as before.", "Nothing to do unless such a copy fails to import"))
-    if padding:
-        findings.append(F("macos-header-padding", d.ERROR,
-                          f"{len(padding)} extension modules have too little header padding for the clone's "
-                          f"load command: {listed(padding)}",
-                          "A copy needs one more LC_LOAD_DYLIB (the clone's path) and a code signature "
-                          "command in the space before the first section; these cannot be copied.",
-                          "Rebuild them linked with -Wl,-headerpad_max_install_names, or use a shorter "
-                          "cache directory (--dest or GILCLONE_CACHE)"))
-    if lazy:
-        findings.append(F("macos-lazy-ordinal", d.ERROR,
-                          f"{len(lazy)} extension modules load 15 or more dylibs and bind lazily: {listed(lazy)}",
-                          "Their lazy binds are patched in place, where a dylib ordinal above 15 does not fit.",
-                          "Rebuild them with -Wl,-bind_at_load or fewer dylibs"))
-    if rpath:
-        findings.append(F("macos-rpath-unresolved", d.WARNING,
-                          f"{len(rpath)} @rpath references resolve through none of the module's own run "
-                          f"paths: {listed(rpath)}",
-                          "dyld then searches the run paths of the images that load it (the executable); "
-                          "copies keep that behaviour, so they fail where the original fails.",
-                          "Check that the original imports; add an LC_RPATH (install_name_tool -add_rpath)"))
-    if unreadable:
-        findings.append(F("macos-ext-unreadable", d.WARNING,
-                          f"{unreadable} extension modules could not be read as Mach-O",
-                          "Copies cannot be made of them.", "Reinstall the packages they belong to"))
-    if capped:
-        findings.append(F("ext-scan-capped", d.INFO, f"stopped after reading {SCAN_CAP} extension modules",
-                          "The findings about extension modules cover only the part read.", ""))
-    findings += dyld_environment_findings(install.executable, environ)
-    return findings
-
-
-def dyld_environment_findings(executable: str, environ: Mapping[str, str]):
-    from gilclone.cloner import doctor as d
-
-    F = d.Finding
-    findings = []
-    set_vars = sorted(k for k in environ if k.startswith("DYLD_"))
-    if environ.get("DYLD_FORCE_FLAT_NAMESPACE"):
-        findings.append(F("dyld-force-flat-namespace", d.ERROR, "DYLD_FORCE_FLAT_NAMESPACE is set",
-                          "It makes every image flat: the copies' binds to their own libpython are "
-                          "ignored and they bind to the host's.", "Unset DYLD_FORCE_FLAT_NAMESPACE"))
-    if environ.get("DYLD_INSERT_LIBRARIES"):
-        findings.append(F("dyld-insert-libraries", d.WARNING,
-                          f"DYLD_INSERT_LIBRARIES names {environ['DYLD_INSERT_LIBRARIES']}",
-                          "Inserted libraries interpose symbols by flat lookup; if one defines Py* symbols "
-                          "the copies may reach it instead of their clone.", "Run without it"))
-    protected = executable.startswith(SIP_PREFIXES)
-    if protected:
-        findings.append(F("dyld-sip-stripped", d.WARNING if set_vars else d.INFO,
-                          f"{executable} is protected by System Integrity Protection"
-                          + (f"; {', '.join(set_vars)} will not reach it" if set_vars else ""),
-                          "macOS removes every DYLD_* variable when it starts a protected executable, "
-                          "so nothing may rely on them (gilclone does not).",
-                          "Use a Python outside /usr/bin and /System (python.org, Homebrew) if you need them"))
-    elif set_vars:
-        findings.append(F("dyld-variables", d.INFO, f"set: {', '.join(set_vars)}",
-                          "They apply to this process; SIP strips them from any child started through a "
-                          "protected program (/bin/sh, /usr/bin/env).", ""))
-    return findings

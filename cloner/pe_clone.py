@@ -26,8 +26,9 @@ import shutil
 from typing import Dict, List, Optional, Tuple
 
 from gilclone.cloner import naming, pe_writer, store
-from gilclone.cloner.builders import BuiltClone
+from gilclone.cloner.built_clone import BuiltClone
 from gilclone.platforms import pe as pe_reader
+from gilclone.platforms.home_windows import read_pth
 
 from gilclone.errors import BinaryFormatError, CloneError
 
@@ -58,7 +59,7 @@ def build_libpython(source: str, directory: str, name_id: str, index: int) -> Bu
     files = [clone]
     renames = [(original, clone)]
 
-    stable = _find(home, STABLE_ABI_DLL)
+    stable = find_case_blind(home, STABLE_ABI_DLL)
     if stable is not None:
         clone3 = clone_dll_name(STABLE_ABI_DLL, name_id, index, STABLE_PREFIX)
         target = os.path.join(directory, clone3)
@@ -75,7 +76,7 @@ def build_libpython(source: str, directory: str, name_id: str, index: int) -> Bu
     return BuiltClone(libpython=clone, files=tuple(files), renames=tuple(renames))
 
 
-def _find(home: str, name: str) -> Optional[str]:
+def find_case_blind(home: str, name: str) -> Optional[str]:
     """``name`` in ``home`` whatever its case (Windows file names are case-blind)."""
     try:
         for entry in os.listdir(home):
@@ -89,9 +90,7 @@ def _find(home: str, name: str) -> Optional[str]:
 def pth_entries(home: str, stem: str) -> List[str]:
     """Absolute paths (host notation) of what the home's ``<stem>._pth`` lists, or of the
     usual layout of a full installation when it has none."""
-    from gilclone.platforms.home_windows import read_pth
-
-    pth = _find(home, f"{stem}._pth")
+    pth = find_case_blind(home, f"{stem}._pth")
     entries, _site = read_pth(pth) if pth else (None, False)
     if entries is None:
         entries = [e for e in (f"{stem}.zip", "DLLs", "Lib", ".")
@@ -281,149 +280,3 @@ def _checksums_and_signatures(clones) -> Check:
                 problems.append(f"{new}: still carries an (invalid) Authenticode signature")
     return ("checksums_and_signatures", not problems, "; ".join(problems) or
             f"{n} rewritten DLLs: valid PE checksums, no signature left")
-
-
-# -- gilclone doctor on Windows ----------------------------------------------------------
-
-SCAN_CAP = 5000
-
-
-def doctor_findings(install, libpython, environ) -> list:
-    """The Windows findings of ``gilclone doctor`` (registered in doctor.PLATFORM_CHECKS)."""
-    from gilclone.cloner.doctor import Finding
-
-    cache_root = (environ.get("GILCLONE_CACHE") if environ is not None else None) \
-        or store.default_cache_root()
-    sets = _sets_under(cache_root)
-    findings = []
-    findings += name_collision_findings(sets, install.extension_dirs, Finding)
-    findings += missing_pth_findings(sets, Finding)
-    findings += abi3_findings(install, _abi3_modules(install.extension_dirs), sets, Finding)
-    findings += signed_findings(libpython, Finding)
-    return findings
-
-
-def _sets_under(root: str) -> List[store.CloneSet]:
-    out = []
-    try:
-        names = sorted(os.listdir(root))
-    except OSError:
-        return out
-    for name in names:
-        path = os.path.join(root, name)
-        if os.path.isfile(os.path.join(path, store.SET_FILE)):
-            try:
-                cset = store.load_set(path)
-            except Exception:  # a damaged set is prepare's and verify's business
-                continue
-            if any(c.binary_format == "PE" for c in cset.clones):
-                out.append(cset)
-    return out
-
-
-def name_collision_findings(sets, extension_dirs, Finding) -> list:
-    """Windows keeps one module per base name: two sets whose clones share a DLL name
-    cannot be loaded in one process (the second binds to the first)."""
-    owners: Dict[str, List[str]] = {}
-    for cset in sets:
-        for c in cset.clones:
-            for _old, new in c.renames:
-                owners.setdefault(new.lower(), []).append(c.directory)
-    for d in extension_dirs:
-        try:
-            for entry in os.listdir(d):
-                if entry.lower() in owners:
-                    owners[entry.lower()].append(os.path.join(d, entry))
-        except OSError:
-            continue
-    clashes = {n: places for n, places in owners.items() if len(places) > 1}
-    if not clashes:
-        return []
-    listed = [f"{n} ({', '.join(p)})" for n, p in sorted(clashes.items())]
-    return [Finding(
-        "win-dll-name-collision", "error",
-        f"{len(clashes)} clone DLL name(s) are used twice: {'; '.join(listed[:5])}",
-        "Windows keeps one loaded module per base name: a second DLL of the same name is "
-        "never loaded, so its extension copies would bind to the first set's clone.",
-        "Delete one of the sets and prepare it again (`gilclone prepare --dest DIR`); names "
-        "are derived from the set and its directory, so a new directory gives new names",
-    )]
-
-
-def missing_pth_findings(sets, Finding) -> list:
-    missing = []
-    for cset in sets:
-        for c in cset.clones:
-            if c.binary_format != "PE":
-                continue
-            pth = os.path.splitext(c.libpython)[0] + "._pth"
-            if not os.path.isfile(pth):
-                missing.append(pth)
-    if not missing:
-        return []
-    return [Finding(
-        "win-pth-missing", "error",
-        f"{len(missing)} Windows clone(s) lack their ._pth file: {', '.join(missing[:5])}",
-        "CPython looks for <DLL name>._pth next to the DLL; a renamed DLL without one does "
-        "not find its standard library and fails to start ('No module named encodings').",
-        "Run `gilclone prepare` again for that set: it rebuilds clones whose files do not "
-        "match their manifest",
-    )]
-
-
-def _abi3_modules(extension_dirs) -> List[str]:
-    found, seen = [], 0
-    for d in extension_dirs:
-        for folder, _dirs, files in os.walk(d):
-            for name in files:
-                if not name.lower().endswith(".pyd"):
-                    continue
-                seen += 1
-                if seen > SCAN_CAP:
-                    return found
-                path = os.path.join(folder, name)
-                try:
-                    needed = pe_reader.read(path).needed
-                except BinaryFormatError:
-                    continue
-                if any(n.lower() == STABLE_ABI_DLL for n in needed):
-                    found.append(path)
-    return found
-
-
-def abi3_findings(install, abi3, sets, Finding) -> list:
-    """abi3 modules import python3.dll: a clone needs its own forwarder copy."""
-    if not abi3:
-        return []
-    home = os.path.dirname(install.libpython or "")
-    lacking = [c.directory for s in sets for c in s.clones
-               if c.binary_format == "PE"
-               and not any(old.lower() == STABLE_ABI_DLL for old, _new in c.renames)]
-    if _find(home, STABLE_ABI_DLL) is not None and not lacking:
-        return []
-    where = (f"clones without a python3.dll copy: {', '.join(lacking[:5])}" if lacking
-             else f"no python3.dll in {home}")
-    return [Finding(
-        "win-abi3-no-python3-dll", "error",
-        f"{len(abi3)} abi3 extension module(s) import python3.dll "
-        f"({', '.join(abi3[:5])}); {where}",
-        "A stable-ABI module's copy imports the clone's python3.dll copy, whose exports "
-        "forward to the clone; without it the copy binds to the host's Python (or fails).",
-        "Use a Python installation that ships python3.dll (every python.org build does), then "
-        "delete the set and run `gilclone prepare` again",
-    )]
-
-
-def signed_findings(libpython, Finding) -> list:
-    size = getattr(getattr(libpython, "facts", None), "certificate_size", 0)
-    if not size:
-        return []
-    return [Finding(
-        "win-signed-dll", "warning",
-        f"{os.path.basename(libpython.path)} carries an Authenticode signature ({size} bytes)",
-        "The clone copies are rewritten, so their signature is removed (it would no longer "
-        "verify). Application control that admits only signed code (WDAC, AppLocker, Smart "
-        "App Control) blocks loading the unsigned copies.",
-        "Allow the clone directory in your application-control policy, or sign the copies "
-        "with your own certificate (signtool) after `gilclone prepare`",
-    )]

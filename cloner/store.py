@@ -10,59 +10,44 @@ Layout of a set directory::
 
 A clone directory is built under a temporary name and renamed into place when
 complete, so a reader sees a whole clone or none; a killed preparation leaves
-only a ``.tmp-*`` directory that the next one removes.
+only a ``.tmp-*`` directory that a later one removes once its owner is gone
+(the name carries the owner's boot, pid and start time). Who may have written
+a set is checked by trust.py, whether its files are those listed by
+integrity.py.
 """
 
-import hashlib
-import json
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from gilclone.errors import CacheLocationError, CloneSetCorruptError
+from gilclone.cloner import integrity, leftovers, trust
+from gilclone.cloner.setfiles import (  # noqa: F401  (the layout's names, read through store)
+    FORMAT_VERSION,
+    HASH_CHUNK,
+    MANIFEST,
+    SET_FILE,
+    STAMP,
+    clone_dir_name,
+    manifest_entry,
+    read_json,
+    sha256_file,
+    write_json_atomic,
+)
 
-FORMAT_VERSION = 1
-SET_FILE = "set.json"
-MANIFEST = "manifest.json"
-STAMP = ".verified.json"
-HASH_CHUNK = 1 << 20
+from gilclone.errors import CacheLocationError, CloneSetCorruptError
 
 
 def default_cache_root() -> str:
     explicit = os.environ.get("GILCLONE_CACHE")
     if explicit:
-        return explicit
+        return trust.per_user_root(explicit)
     if os.name == "nt":
         base = os.environ.get("LOCALAPPDATA") or os.path.expanduser("~")
         return os.path.join(base, "gilclone", "cache")
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return os.path.join(base, "gilclone")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(HASH_CHUNK)
-            if not chunk:
-                return h.hexdigest()
-            h.update(chunk)
-
-
-def write_json_atomic(path: str, value) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
 
 
 @dataclass(frozen=True)
@@ -102,31 +87,34 @@ class CloneSet:
         return self.python["version"]
 
 
-def clone_dir_name(index: int) -> str:
-    return f"clone-{index:02d}"
-
-
 def load_set(root: str) -> CloneSet:
-    """Read a set directory; only complete clones (with a manifest) are listed."""
-    set_file = os.path.join(root, SET_FILE)
-    if not os.path.isfile(set_file):
-        raise CloneSetCorruptError(
-            f"{root}: not a gilclone clone set (no {SET_FILE}); create one with `gilclone prepare --dest {root}`"
-        )
-    try:
-        meta = read_json(set_file)
-    except ValueError:
-        raise CloneSetCorruptError(f"{set_file}: unreadable; delete {root} and prepare again") from None
+    """Read a set directory; only complete clones (with a manifest) are listed.
+
+    Refuses (CacheTrustError) a set that someone else could have written, and
+    (CloneSetCorruptError) one whose identity or clone list does not hold up:
+    checked from the manifests alone, before anything is loaded.
+    """
+    trust.require_location(root)
+    meta = integrity.read_set_file(root)
     clones: List[CloneRecord] = []
     for name in sorted(os.listdir(root)):
-        manifest_path = os.path.join(root, name, MANIFEST)
-        if not name.startswith("clone-") or not os.path.isfile(manifest_path):
+        directory = os.path.join(root, name)
+        if not name.startswith("clone-"):
+            if not leftovers.is_temporary(name):
+                trust.require_entry(directory)  # .lock and set.json: never a planted link
             continue
+        trust.require_entry(directory, want_dir=True)
         try:
-            manifest = read_json(manifest_path)
-            clones.append(record_from_manifest(os.path.join(root, name), manifest))
-        except (ValueError, KeyError):
-            continue  # a damaged manifest: the clone is rebuilt or reported by check_clone
+            manifest = integrity.read_manifest(directory)
+        except (OSError, ValueError):
+            continue  # reported by verify, rebuilt by prepare
+        problem = integrity.manifest_problem(directory, manifest)
+        if problem:
+            raise CloneSetCorruptError(f"{directory}: {problem}; run `gilclone prepare --dest {root}` to rebuild it")
+        clones.append(record_from_manifest(directory, manifest))
+    problem = integrity.clones_problem(clones)
+    if problem:
+        raise CloneSetCorruptError(f"{root}: {problem}; run `gilclone prepare --dest {root}` to rebuild")
     return CloneSet(root=root, set_id=meta["set_id"], python=meta["python"], clones=tuple(clones))
 
 
@@ -140,67 +128,26 @@ def record_from_manifest(directory: str, manifest: dict) -> CloneRecord:
     )
 
 
-def manifest_entry(path: str) -> dict:
-    return {"sha256": sha256_file(path), "size": os.path.getsize(path)}
-
-
-def _stat_stamp(path: str) -> List[int]:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
 def check_clone(record: CloneRecord, full: bool = False) -> Optional[str]:
-    """None if the clone's files match its manifest, else what is wrong.
+    """None if the clone's files are exactly those of its manifest, else what is wrong.
 
-    Hashing a libpython copy costs tens of milliseconds, so a successful full
-    check leaves a stamp of each file's size, times and inode; while the stamp
-    still matches (no write, chmod, touch or replacement since) the hash is
-    not recomputed, unless ``full``.
+    Raises CacheTrustError when a file of the clone could have been written by
+    someone else. See integrity.check_clone.
     """
-    try:
-        manifest = read_json(os.path.join(record.directory, MANIFEST))
-        files: Dict[str, dict] = manifest["files"]
-    except (OSError, ValueError, KeyError) as exc:
-        return f"manifest unreadable ({exc})"
-    stamp_path = os.path.join(record.directory, STAMP)
-    stamps = {}
-    if not full:
-        try:
-            stamps = read_json(stamp_path)
-        except (OSError, ValueError):
-            stamps = {}
-    fresh = {}
-    for name, entry in files.items():
-        path = os.path.join(record.directory, name)
-        try:
-            stamp = _stat_stamp(path)
-        except OSError:
-            return f"{path} is missing"
-        if stamp[0] != entry["size"]:
-            return f"{path} has {stamp[0]} bytes, the manifest says {entry['size']}"
-        # Without an inode number (st_ino 0: some Windows file systems) a replaced file
-        # of the same size and times would pass; hash it every time instead.
-        if stamps.get(name) != stamp or not stamp[3]:
-            if sha256_file(path) != entry["sha256"]:
-                return f"{path} does not match its SHA-256 in the manifest (altered or corrupt)"
-        fresh[name] = stamp
-    if fresh != stamps:
-        try:
-            write_json_atomic(stamp_path, fresh)
-        except OSError:
-            pass  # a read-only set is still usable; it is just hashed each time
-    return None
+    return integrity.check_clone(record, full)
 
 
 def check_writable_location(root: str) -> None:
     """Fail early, with the fix, when a set directory cannot hold loadable clones."""
+    trust.require_creatable(root)
     try:
-        os.makedirs(root, exist_ok=True)
+        trust.make_private_dirs(root)
     except OSError as exc:
         raise CacheLocationError(
             f"{root}: cannot create the clone directory ({exc.strerror}); "
             "choose another with --dest or GILCLONE_CACHE"
         ) from None
+    trust.require_location(root)
     if not os.access(root, os.W_OK):
         raise CacheLocationError(f"{root}: not writable; choose another with --dest or GILCLONE_CACHE")
     if hasattr(os, "statvfs"):
@@ -214,6 +161,9 @@ def check_writable_location(root: str) -> None:
 
 def discard(path: str) -> None:
     """Remove a directory by first renaming it aside, so no reader sees it half-deleted."""
+    if os.path.islink(path):
+        os.unlink(path)  # a planted link: remove the link, never what it points to
+        return
     if not os.path.exists(path):
         return
     trash = os.path.join(os.path.dirname(path), f".trash-{uuid.uuid4().hex[:8]}")
@@ -222,15 +172,16 @@ def discard(path: str) -> None:
 
 
 def remove_leftovers(root: str) -> None:
-    """Remove temporary and trash directories of preparations that were killed."""
-    for directory in [root] + [
-        os.path.join(root, d, "ext") for d in os.listdir(root) if d.startswith("clone-")
-    ]:
-        if not os.path.isdir(directory):
-            continue
-        for name in os.listdir(directory):
-            path = os.path.join(directory, name)
-            if name.startswith((".tmp-", ".trash-")):
-                shutil.rmtree(path, ignore_errors=True)
-            elif ".json.tmp-" in name:
-                os.remove(path)
+    """Remove what killed preparations, twin and library-copy builds left in the set at ``root``.
+
+    The caller holds the set's lock, so every temporary directory directly in
+    ``root`` is dead (only preparations, which hold that lock, make them).
+    Below the clones, only those whose owner process is provably gone go.
+    """
+    leftovers.remove_in(root, lock_held=True)
+    for name in os.listdir(root):
+        clone = os.path.join(root, name)
+        if name.startswith("clone-") and not os.path.islink(clone) and os.path.isdir(clone):
+            leftovers.remove_in(clone, lock_held=False)
+            for sub in ("ext", "lib"):  # twins; helper-library copies (closure.LIB_DIR)
+                leftovers.remove_in(os.path.join(clone, sub), lock_held=False)

@@ -5,35 +5,82 @@ version, since each clone is a complete interpreter with its own standard librar
 """
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 
-from gilclone.cloner import store
+from gilclone.cloner import audit, store
 from gilclone.cloner.builders import builder_for
+
+from gilclone.log import parse_line
 
 VERIFY_TIMEOUT_S = 300
 
+log = logging.getLogger(__name__)
+
 def verify(root: str) -> dict:
-    """Return ``{"ok", "clones", "checks": [{"name", "ok", "detail"}]}`` for the set at ``root``."""
-    cset = store.load_set(os.path.abspath(root))
+    """Return ``{"ok", "clones", "checks": [{"name", "ok", "detail"}]}`` for the set at ``root``.
+
+    Nothing is loaded unless the set passes audit's checks (owners and modes,
+    identities, complete manifests); a set that fails them gives their report.
+    """
+    root = os.path.abspath(root)
+    if not os.path.lexists(os.path.join(root, store.SET_FILE)):
+        store.load_set(root)  # raises the one-line "not a clone set" error
+    first = audit.set_checks(root)
+    if not all(ok for _, ok, _ in first):
+        return audit.report(first, len([n for n in os.listdir(root) if n.startswith("clone-")]))
+    return audit.merged(first, _runtime_report(store.load_set(root)))
+
+
+def _runtime_report(cset: store.CloneSet) -> dict:
     if cset.python.get("platform", "linux") != _this_platform():
+        log.info("%s is a %s set: static checks only", cset.root, cset.python.get("platform"))
         return _static_report(cset)
     # This interpreter hosts the clones whatever their version: a clone is a whole
     # interpreter of its own, started with the sys.path its Python reported.
     cmd = [sys.executable, "-m", "gilclone.cloner.verify_child", cset.root]
+    log.info("verifying %s in a child process: %s", cset.root, " ".join(cmd))
     try:
-        out = subprocess.run(cmd, capture_output=True, timeout=VERIFY_TIMEOUT_S, check=False)
+        out = subprocess.run(cmd, capture_output=True, timeout=VERIFY_TIMEOUT_S, check=False,
+                             env=_child_environment())
     except subprocess.TimeoutExpired:
         return _failed(cset, f"the verifying process did not finish within {VERIFY_TIMEOUT_S} s (a clone hung)")
     lines = out.stdout.decode(errors="replace").strip().splitlines()
+    _relay_child_log(out.stderr)
+    log.debug("verifying process exited %d", out.returncode)
     if out.returncode != 0 or not lines:
         return _failed(cset, _describe_exit(out.returncode, out.stderr))
     try:
         return json.loads(lines[-1])
     except ValueError:
         return _failed(cset, f"the verifying process printed no report: {lines[-1][:200]}")
+
+
+def _child_environment() -> dict:
+    """The child logs its steps at the level this process logs at (set by -v or
+    GILCLONE_LOG); its stderr is captured and relayed by _relay_child_log."""
+    env = dict(os.environ)
+    if log.isEnabledFor(logging.DEBUG):
+        env["GILCLONE_LOG"] = "debug"
+    elif log.isEnabledFor(logging.INFO):
+        env["GILCLONE_LOG"] = "info"
+    return env
+
+
+def _relay_child_log(stderr: bytes) -> None:
+    """Log the child's records again here, under their own logger names."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    for line in stderr.decode(errors="replace").splitlines():
+        record = parse_line(line)
+        if record:
+            level, name, message = record
+            logging.getLogger(name).log(level, "(verifying process) %s", message)
+        else:
+            log.debug("verifying process stderr: %s", line)
 
 
 def _this_platform() -> str:

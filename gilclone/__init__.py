@@ -7,6 +7,9 @@ locating Python), ``gilclone.cloner`` (making self-bound copies) and
 """
 
 from gilclone.errors import GilcloneError
+from gilclone.log import configure_from_environment
+
+configure_from_environment()  # nothing is printed unless GILCLONE_LOG asks (see gilclone.log)
 
 __version__ = "0.1.0"
 __all__ = ["GilcloneError", "__version__"]

@@ -48,3 +48,7 @@ class CacheLocationError(CloneError):
 
 class CloneLoadError(GilcloneError):
     """A prepared clone could not be loaded or initialised in this process."""
+
+
+class CacheTrustError(CloneError):
+    """A file of the clone cache could have been written by someone else (owner, mode, symlink)."""

@@ -2,6 +2,7 @@
 
 import os
 
+from gilclone.platforms.fileaccess import read_head
 from gilclone.platforms.model import BinaryInfo
 
 from gilclone.errors import BinaryFormatError
@@ -22,7 +23,16 @@ MACHO_MAGICS = (
 def read_binary(path) -> BinaryInfo:
     """Inspect ``path``; raise BinaryFormatError naming the file and the problem."""
     path = os.fspath(path)
-    head = _read_head(path)
+    head = read_head(path)
+    try:
+        return _dispatch(path, head)
+    except MemoryError:
+        raise BinaryFormatError(
+            path, "ran out of memory reading it; its headers claim tables too large to hold"
+        ) from None
+
+
+def _dispatch(path: str, head: bytes) -> BinaryInfo:
     if head.startswith(ELF_MAGIC):
         from gilclone.platforms import elf
 
@@ -36,18 +46,6 @@ def read_binary(path) -> BinaryInfo:
 
         return macho.read(path)
     raise BinaryFormatError(path, _describe_foreign(head))
-
-
-def _read_head(path: str) -> bytes:
-    if not os.path.lexists(path):
-        raise BinaryFormatError(path, "no such file; check the path")
-    if os.path.isdir(path):
-        raise BinaryFormatError(path, "is a directory, not a binary; name a file inside it")
-    try:
-        with open(path, "rb") as f:
-            return f.read(64)
-    except OSError as exc:
-        raise BinaryFormatError(path, f"cannot be read ({exc.strerror})") from None
 
 
 def _describe_foreign(head: bytes) -> str:

@@ -5,7 +5,8 @@ turns every way a file can be broken into one BinaryFormatError.
 """
 
 import os
-from typing import Iterable, List, Optional
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Tuple
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
@@ -49,6 +50,33 @@ def read(path: str) -> BinaryInfo:
         raise BinaryFormatError(path, f"corrupt or truncated ELF file ({_reason(exc)})") from None
     except Exception as exc:  # pyelftools raises struct/construct errors of many types
         raise BinaryFormatError(path, f"corrupt or truncated ELF file ({_reason(exc)})") from None
+
+
+@dataclass(frozen=True)
+class DynamicSymbols:
+    """The named entries of an ELF file's dynamic symbol table (.dynsym), in table order."""
+
+    defined: Tuple[str, ...]  # defined in the file (any binding)
+    undefined: Tuple[str, ...]  # to be found in another loaded object
+
+
+def dynamic_symbols(path: str) -> DynamicSymbols:
+    """What ``path`` defines and needs at run time; BinaryFormatError if it is not a readable ELF file.
+
+    A file without .dynsym (a static executable, an object file) has neither.
+    """
+    try:
+        with open(path, "rb") as f:
+            dynsym = ELFFile(f).get_section_by_name(".dynsym")
+            if dynsym is None:
+                return DynamicSymbols((), ())
+            defined, undefined = [], []
+            for sym in dynsym.iter_symbols():
+                if sym.name:
+                    (undefined if sym["st_shndx"] == "SHN_UNDEF" else defined).append(sym.name)
+            return DynamicSymbols(tuple(defined), tuple(undefined))
+    except Exception as exc:  # pyelftools raises many types on foreign or damaged files
+        raise BinaryFormatError(path, f"not a readable ELF file ({_reason(exc)})") from None
 
 
 def _reason(exc: BaseException) -> str:

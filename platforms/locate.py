@@ -6,6 +6,7 @@ that knows the per-OS rules (static hosts, framework builds, DLL names).
 """
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -16,6 +17,8 @@ from gilclone.platforms.model import PythonInstall
 
 from gilclone.errors import LocateError, PythonVersionError
 
+log = logging.getLogger(__name__)
+
 MIN_VERSION = (3, 8)
 PROBE_TIMEOUT_S = 60
 
@@ -25,7 +28,10 @@ _PLATFORMS = {"linux": "linux", "win32": "windows", "cygwin": "windows", "darwin
 def locate(python: Optional[str] = None) -> PythonInstall:
     """Locate the libpython of ``python`` (an executable path), default: this interpreter."""
     facts = probe.collect() if python is None else run_probe(python)
-    return install_from_probe(facts)
+    install = install_from_probe(facts)
+    log.info("%s (Python %s, %s): libpython %s", install.executable, install.version,
+             install.linkage, install.libpython or "not found")
+    return install
 
 
 def run_probe(python: str) -> dict:
@@ -33,6 +39,7 @@ def run_probe(python: str) -> dict:
     if not os.path.exists(python):
         raise LocateError(f"{python}: no such interpreter; give the path of a python executable")
     script = os.path.abspath(probe.__file__)
+    log.debug("probing %s with %s", python, script)
     try:
         out = subprocess.run(
             [python, script],

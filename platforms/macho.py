@@ -1,9 +1,10 @@
 """Read a Mach-O file (thin or universal) into a BinaryInfo.
 
-macholib decodes the load commands; this module first walks the raw headers
-itself, because macholib forgives a lot (it reads short, it follows sizes it
-never checks), and a clone must never be made from a cut or garbled file.
-Every way a file can be broken becomes one BinaryFormatError naming the file.
+One parser walks the raw headers and checks every size and offset it follows
+against the image before using it, because a clone must never be made from a
+cut or garbled file; macholib supplies only the constants. Every way a file
+can be broken becomes one BinaryFormatError naming the file. Files are mapped,
+not read, so inspecting one touches its headers and tables, not all its bytes.
 
 Conventions (what the BinaryInfo fields mean for Mach-O):
 
@@ -32,44 +33,56 @@ Conventions (what the BinaryInfo fields mean for Mach-O):
 import os
 import struct
 import uuid as _uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from gilclone.platforms.classify import classify
+from gilclone.platforms.fileaccess import mapped_file
 from gilclone.platforms.model import FORMAT_MACHO, BinaryInfo, MachoFacts, MachoSlice
+from macholib.mach_o import (
+    FAT_MAGIC,
+    FAT_MAGIC_64,
+    LC_CODE_SEGMENT_SPLIT_INFO,
+    LC_CODE_SIGNATURE,
+    LC_DATA_IN_CODE,
+    LC_DYLD_CHAINED_FIXUPS,
+    LC_DYLD_EXPORTS_TRIE,
+    LC_DYLD_INFO,
+    LC_DYLD_INFO_ONLY,
+    LC_DYLIB_CODE_SIGN_DRS,
+    LC_DYSYMTAB,
+    LC_FUNCTION_STARTS,
+    LC_ID_DYLIB,
+    LC_LAZY_LOAD_DYLIB,
+    LC_LINKER_OPTIMIZATION_HINT,
+    LC_LOAD_DYLIB,
+    LC_LOAD_UPWARD_DYLIB,
+    LC_LOAD_WEAK_DYLIB,
+    LC_REEXPORT_DYLIB,
+    LC_RPATH,
+    LC_SEGMENT,
+    LC_SEGMENT_64,
+    LC_SYMTAB,
+    LC_UUID,
+    MH_EXECUTE,
+    MH_FILETYPE_SHORTNAMES,
+    MH_MAGIC_64,
+    MH_TWOLEVEL,
+    N_EXT,
+    N_STAB,
+    N_TYPE,
+    N_UNDF,
+    S_GB_ZEROFILL,
+    S_THREAD_LOCAL_ZEROFILL,
+    S_ZEROFILL,
+    SECTION_TYPE,
+)
 
-from gilclone.errors import BinaryFormatError
+from gilclone.errors import BinaryFormatError, GilcloneError
 
-FAT_MAGIC = 0xCAFEBABE
-FAT_MAGIC_64 = 0xCAFEBABF
-MH_MAGIC = 0xFEEDFACE
-MH_MAGIC_64 = 0xFEEDFACF
 # A fat file names at most a handful of architectures; Java class files share the magic.
 MAX_FAT_ARCHS = 32
-
-LC_REQ_DYLD = 0x80000000
-LC_SEGMENT = 0x1
-LC_SYMTAB = 0x2
-LC_DYSYMTAB = 0xB
-LC_LOAD_DYLIB = 0xC
-LC_ID_DYLIB = 0xD
-LC_LOAD_WEAK_DYLIB = 0x18 | LC_REQ_DYLD
-LC_SEGMENT_64 = 0x19
-LC_UUID = 0x1B
-LC_RPATH = 0x1C | LC_REQ_DYLD
-LC_CODE_SIGNATURE = 0x1D
-LC_SEGMENT_SPLIT_INFO = 0x1E
-LC_REEXPORT_DYLIB = 0x1F | LC_REQ_DYLD
-LC_LAZY_LOAD_DYLIB = 0x20
-LC_DYLD_INFO = 0x22
-LC_DYLD_INFO_ONLY = 0x22 | LC_REQ_DYLD
-LC_LOAD_UPWARD_DYLIB = 0x23 | LC_REQ_DYLD
-LC_FUNCTION_STARTS = 0x26
-LC_DATA_IN_CODE = 0x29
-LC_DYLIB_CODE_SIGN_DRS = 0x2B
-LC_LINKER_OPTIMIZATION_HINT = 0x2E
-LC_DYLD_EXPORTS_TRIE = 0x33 | LC_REQ_DYLD
-LC_DYLD_CHAINED_FIXUPS = 0x34 | LC_REQ_DYLD
 
 LOAD_DYLIB_COMMANDS = (
     LC_LOAD_DYLIB,
@@ -81,7 +94,7 @@ LOAD_DYLIB_COMMANDS = (
 # Commands shaped as linkedit_data_command: cmd, cmdsize, dataoff, datasize.
 LINKEDIT_DATA_COMMANDS = {
     LC_CODE_SIGNATURE: "LC_CODE_SIGNATURE",
-    LC_SEGMENT_SPLIT_INFO: "LC_SEGMENT_SPLIT_INFO",
+    LC_CODE_SEGMENT_SPLIT_INFO: "LC_SEGMENT_SPLIT_INFO",
     LC_FUNCTION_STARTS: "LC_FUNCTION_STARTS",
     LC_DATA_IN_CODE: "LC_DATA_IN_CODE",
     LC_DYLIB_CODE_SIGN_DRS: "LC_DYLIB_CODE_SIGN_DRS",
@@ -89,24 +102,17 @@ LINKEDIT_DATA_COMMANDS = {
     LC_DYLD_EXPORTS_TRIE: "LC_DYLD_EXPORTS_TRIE",
     LC_DYLD_CHAINED_FIXUPS: "LC_DYLD_CHAINED_FIXUPS",
 }
-
-MH_EXECUTE = 0x2
-MH_TWOLEVEL = 0x80
-FILETYPES = {
-    0x1: "object",
-    0x2: "execute",
-    0x3: "fvmlib",
-    0x4: "core",
-    0x5: "preload",
-    0x6: "dylib",
-    0x7: "dylinker",
-    0x8: "bundle",
-    0x9: "dylib_stub",
-    0xA: "dsym",
-    0xB: "kext_bundle",
-    0xC: "fileset",
+# Smallest valid size of each command this module or the cloner reads fields of.
+_MIN_CMDSIZE = {
+    LC_SEGMENT: 56, LC_SEGMENT_64: 72, LC_SYMTAB: 24, LC_DYSYMTAB: 80, LC_DYLD_INFO: 48,
+    LC_DYLD_INFO_ONLY: 48, LC_UUID: 24, LC_RPATH: 12, LC_ID_DYLIB: 24,
+    **{k: 24 for k in LOAD_DYLIB_COMMANDS},
+    **{k: 16 for k in LINKEDIT_DATA_COMMANDS},
 }
+# macholib's short names stop at dsym; the newer kinds are spelt as cctools does.
+FILETYPES = {**MH_FILETYPE_SHORTNAMES, 0xB: "kext_bundle", 0xC: "fileset"}
 
+# macholib names CPU types only in a table, so the few arch_name needs are spelt here.
 CPU_ARCH_ABI64 = 0x01000000
 CPU_ARCH_ABI64_32 = 0x02000000
 CPU_TYPE_X86 = 7
@@ -117,14 +123,10 @@ CPU_TYPE_ARM64 = CPU_TYPE_ARM | CPU_ARCH_ABI64
 _ARM_SUBTYPES = {6: "armv6", 9: "armv7", 11: "armv7s", 12: "armv7k", 14: "armv6m", 15: "armv7m", 16: "armv7em"}
 
 # Section types whose contents are not in the file.
-_ZEROFILL_TYPES = (0x1, 0xC, 0x12)  # S_ZEROFILL, S_GB_ZEROFILL, S_THREAD_LOCAL_ZEROFILL
-_SECTION_TYPE_MASK = 0xFF
-
-# nlist n_type bits
-N_STAB = 0xE0
-N_TYPE = 0x0E
-N_EXT = 0x01
-N_UNDF = 0x0
+_ZEROFILL_TYPES = (S_ZEROFILL, S_GB_ZEROFILL, S_THREAD_LOCAL_ZEROFILL)
+# Export names longer than this are cut when they only feed classification, which looks
+# at "Py_Initialize(Ex)" and the "PyInit_" prefix: a cut name classifies the same.
+_CLASSIFY_NAME_BYTES = 64
 
 
 def arch_name(cputype: int, cpusubtype: int) -> str:
@@ -191,17 +193,21 @@ class RawSlice:
         return [c for c in self.commands if c.cmd in cmds]
 
 
-class _Malformed(Exception):
-    """Internal: a structural problem; becomes BinaryFormatError with the path."""
+class MalformedMachO(GilcloneError):
+    """A structural problem in Mach-O bytes, found where the file's name is not known.
+
+    The readers turn it into a BinaryFormatError naming the file; the cloner, which scans
+    images it builds in memory, catches it to name its own file.
+    """
 
 
 def scan(data: bytes) -> Tuple[bool, List[RawSlice]]:
     """Locate every slice of ``data`` and check that all it points to lies inside the file.
 
-    Returns (fat, slices). Raises _Malformed with a one-line description.
+    Returns (fat, slices). Raises MalformedMachO with a one-line description.
     """
     if len(data) < 4:
-        raise _Malformed(f"truncated: {len(data)} bytes, too short for a Mach-O header")
+        raise MalformedMachO(f"truncated: {len(data)} bytes, too short for a Mach-O header")
     (magic,) = struct.unpack_from(">I", data, 0)
     if magic in (FAT_MAGIC, FAT_MAGIC_64):
         return True, _scan_fat(data, magic == FAT_MAGIC_64)
@@ -210,19 +216,19 @@ def scan(data: bytes) -> Tuple[bool, List[RawSlice]]:
 
 def _scan_fat(data: bytes, is64: bool) -> List[RawSlice]:
     if len(data) < 8:
-        raise _Malformed("truncated inside the universal (fat) header")
+        raise MalformedMachO("truncated inside the universal (fat) header")
     (nfat,) = struct.unpack_from(">I", data, 4)
     if nfat == 0:
-        raise _Malformed("universal (fat) header lists no architectures")
+        raise MalformedMachO("universal (fat) header lists no architectures")
     if nfat > MAX_FAT_ARCHS:
-        raise _Malformed(
+        raise MalformedMachO(
             f"universal (fat) header claims {nfat} architectures; not a Mach-O file "
             "(a Java class file shares this magic number)"
         )
     entry = 32 if is64 else 20
     table_end = 8 + nfat * entry
     if table_end > len(data):
-        raise _Malformed(
+        raise MalformedMachO(
             f"truncated: the universal header's table of {nfat} architectures ends at "
             f"{table_end}, past the end of the file ({len(data)} bytes)"
         )
@@ -236,15 +242,15 @@ def _scan_fat(data: bytes, is64: bool) -> List[RawSlice]:
         cputype &= 0xFFFFFFFF
         label = f"slice {i} ({arch_name(cputype, cpusubtype)}): "
         if offset < table_end:
-            raise _Malformed(f"{label}offset {offset} overlaps the universal header")
+            raise MalformedMachO(f"{label}offset {offset} overlaps the universal header")
         if offset + size > len(data):
-            raise _Malformed(
+            raise MalformedMachO(
                 f"{label}the universal header places it at {offset}..{offset + size}, past the "
                 f"end of the file ({len(data)} bytes): truncated or corrupt"
             )
         sl = _scan_slice(data, offset, size, label)
         if (sl.cputype, sl.cpusubtype & 0x00FFFFFF) != (cputype, cpusubtype & 0x00FFFFFF):
-            raise _Malformed(
+            raise MalformedMachO(
                 f"{label}the image inside is {sl.arch}, but the universal header says "
                 f"{arch_name(cputype, cpusubtype)}"
             )
@@ -252,53 +258,53 @@ def _scan_fat(data: bytes, is64: bool) -> List[RawSlice]:
     spans = sorted((s.offset, s.offset + s.size) for s in slices)
     for (_a0, a1), (b0, _b1) in zip(spans, spans[1:]):
         if b0 < a1:
-            raise _Malformed(f"universal header: slices overlap at offset {b0}")
+            raise MalformedMachO(f"universal header: slices overlap at offset {b0}")
     return slices
 
 
 def _scan_slice(data: bytes, base: int, size: int, label: str) -> RawSlice:
     if size < 28:
-        raise _Malformed(f"{label}truncated: {size} bytes, too short for a Mach-O header")
+        raise MalformedMachO(f"{label}truncated: {size} bytes, too short for a Mach-O header")
     raw_magic = bytes(data[base : base + 4])
     if raw_magic in (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf"):
         endian = ">"
     elif raw_magic in (b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe"):
         endian = "<"
     else:
-        raise _Malformed(f"{label}not a Mach-O image (magic {raw_magic.hex()})")
+        raise MalformedMachO(f"{label}not a Mach-O image (magic {raw_magic.hex()})")
     (magic,) = struct.unpack_from(endian + "I", data, base)
     is64 = magic == MH_MAGIC_64
     hsize = 32 if is64 else 28
     if size < hsize:
-        raise _Malformed(f"{label}truncated: {size} bytes, too short for a 64-bit Mach-O header")
+        raise MalformedMachO(f"{label}truncated: {size} bytes, too short for a 64-bit Mach-O header")
     cputype, cpusubtype, filetype, ncmds, sizeofcmds, flags = struct.unpack_from(
         endian + "IIIIII", data, base + 4
     )
     sl = RawSlice(base, size, endian, is64, cputype, cpusubtype, filetype, ncmds, sizeofcmds, flags)
     if filetype == 0:
-        raise _Malformed(f"{label}the Mach-O header is blank (file type 0)")
+        raise MalformedMachO(f"{label}the Mach-O header is blank (file type 0)")
     if hsize + sizeofcmds > size:
-        raise _Malformed(
+        raise MalformedMachO(
             f"{label}truncated or corrupt: the load commands ({sizeofcmds} bytes) end at "
             f"{hsize + sizeofcmds}, past the end of the image ({size} bytes)"
         )
     if ncmds * 8 > sizeofcmds:
-        raise _Malformed(f"{label}header claims {ncmds} load commands in only {sizeofcmds} bytes")
+        raise MalformedMachO(f"{label}header claims {ncmds} load commands in only {sizeofcmds} bytes")
     pos = hsize
     end = hsize + sizeofcmds
     for i in range(ncmds):
         if pos + 8 > end:
-            raise _Malformed(f"{label}load command {i} of {ncmds} starts past the load command area")
+            raise MalformedMachO(f"{label}load command {i} of {ncmds} starts past the load command area")
         cmd, cmdsize = struct.unpack_from(endian + "II", data, base + pos)
         if cmdsize < 8 or cmdsize % 4 or pos + cmdsize > end:
-            raise _Malformed(
+            raise MalformedMachO(
                 f"{label}load command {i} (0x{cmd:x}) has an invalid size {cmdsize} "
                 f"(load command area is {sizeofcmds} bytes)"
             )
         sl.commands.append(RawCommand(i, cmd, cmdsize, pos))
         pos += cmdsize
     if pos != end:
-        raise _Malformed(
+        raise MalformedMachO(
             f"{label}load commands fill {pos - hsize} bytes but the header says {sizeofcmds}"
         )
     for c in sl.commands:
@@ -312,26 +318,20 @@ def _u32s(data: bytes, sl: RawSlice, at: int, count: int) -> Tuple[int, ...]:
 
 def _check_range(sl: RawSlice, what: str, off: int, length: int, label: str) -> None:
     if length and off + length > sl.size:
-        raise _Malformed(
+        raise MalformedMachO(
             f"{label}{what} (file offset {off}, {length} bytes) extends past the end of the "
             f"image ({sl.size} bytes): the file is truncated or corrupt"
         )
 
 
 def _check_command(data: bytes, sl: RawSlice, c: RawCommand, label: str) -> None:
-    need = {LC_SEGMENT: 56, LC_SEGMENT_64: 72, LC_SYMTAB: 24, LC_DYLD_INFO: 48,
-            LC_DYLD_INFO_ONLY: 48, LC_UUID: 24, LC_RPATH: 12, LC_ID_DYLIB: 24}
-    for k in LOAD_DYLIB_COMMANDS:
-        need[k] = 24
-    for k in LINKEDIT_DATA_COMMANDS:
-        need[k] = 16
-    if c.cmdsize < need.get(c.cmd, 8):
-        raise _Malformed(f"{label}load command {c.index} (0x{c.cmd:x}) is too small ({c.cmdsize} bytes)")
+    if c.cmdsize < _MIN_CMDSIZE.get(c.cmd, 8):
+        raise MalformedMachO(f"{label}load command {c.index} (0x{c.cmd:x}) is too small ({c.cmdsize} bytes)")
     if c.cmd in (LC_SEGMENT, LC_SEGMENT_64):
         for name, fileoff, filesize, sections in _segment(data, sl, c):
             _check_range(sl, f"segment {name}", fileoff, filesize, label)
             for sname, soff, ssize, sflags in sections:
-                if (sflags & _SECTION_TYPE_MASK) in _ZEROFILL_TYPES:
+                if (sflags & SECTION_TYPE) in _ZEROFILL_TYPES:
                     continue
                 _check_range(sl, f"section {name},{sname}", soff, ssize, label)
     elif c.cmd == LC_SYMTAB:
@@ -364,7 +364,7 @@ def _segment(data: bytes, sl: RawSlice, c: RawCommand):
         )
         first, sect_size = 56, 68
     if first + nsects * sect_size != c.cmdsize:
-        raise _Malformed(
+        raise MalformedMachO(
             f"load command {c.index} (segment {_cname(segname)}) claims {nsects} sections but is "
             f"{c.cmdsize} bytes"
         )
@@ -397,13 +397,13 @@ def lc_str(data: bytes, sl: RawSlice, c: RawCommand) -> str:
     """The string a dylib/rpath command carries (its lc_str is the first field after cmdsize)."""
     (name_off,) = _u32s(data, sl, c.offset + 8, 1)
     if name_off < 12 or name_off >= c.cmdsize:
-        raise _Malformed(
+        raise MalformedMachO(
             f"load command {c.index} (0x{c.cmd:x}): name offset {name_off} lies outside the command"
         )
     start = sl.offset + c.offset + name_off
     raw = bytes(data[start : sl.offset + c.offset + c.cmdsize])
     if b"\0" not in raw:
-        raise _Malformed(f"load command {c.index} (0x{c.cmd:x}): name is not NUL-terminated")
+        raise MalformedMachO(f"load command {c.index} (0x{c.cmd:x}): name is not NUL-terminated")
     return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
@@ -416,7 +416,7 @@ def header_padding(data: bytes, sl: RawSlice) -> int:
                 low = min(low, fileoff)
             continue
         for _sname, soff, ssize, sflags in sections:
-            if ssize and soff and (sflags & _SECTION_TYPE_MASK) not in _ZEROFILL_TYPES:
+            if ssize and soff and (sflags & SECTION_TYPE) not in _ZEROFILL_TYPES:
                 low = min(low, soff)
     return low - sl.commands_end
 
@@ -430,13 +430,13 @@ def read_uleb(buf: bytes, pos: int, end: Optional[int] = None) -> Tuple[int, int
     value = shift = 0
     while True:
         if pos >= end:
-            raise _Malformed("ULEB128 runs past the end of its data")
+            raise MalformedMachO("ULEB128 runs past the end of its data")
         b = buf[pos]
         pos += 1
         if shift < 64:
             value |= (b & 0x7F) << shift
         elif b & 0x7F:
-            raise _Malformed("ULEB128 value larger than 64 bits")
+            raise MalformedMachO("ULEB128 value larger than 64 bits")
         shift += 7
         if not b & 0x80:
             return value, pos
@@ -453,40 +453,59 @@ def write_uleb(value: int) -> bytes:
             return bytes(out)
 
 
-def parse_export_trie(buf: bytes) -> List[str]:
-    """Every exported name in a dyld export trie (depth-first, a node before its children)."""
+def parse_export_trie(buf: bytes, max_name: Optional[int] = None) -> List[str]:
+    """Every exported name in a dyld export trie (depth-first, a node before its children).
+
+    Each node is read once and no two nodes may share bytes (a linker never writes that), so
+    the walk is linear in the trie's size. The names can still be longer in total than the
+    trie (a chain of nested names "_a", "_ab", ... makes them quadratic), so a caller that
+    only needs their starts passes ``max_name`` and gets each cut to that many bytes.
+    """
     names: List[str] = []
     if not buf:
         return names
     seen = set()
+    unclaimed = len(buf)  # bytes no node has used yet
     stack = [(0, b"")]
     while stack:
         node, prefix = stack.pop()
         if node in seen:
-            raise _Malformed(f"export trie: node at offset {node} is reached twice (a loop)")
+            raise MalformedMachO(f"export trie: node at offset {node} is reached twice (a loop)")
         seen.add(node)
-        if node >= len(buf):
-            raise _Malformed(f"export trie: child offset {node} is past its end ({len(buf)} bytes)")
-        term_size, p = read_uleb(buf, node)
-        if term_size:
-            if p + term_size > len(buf):
-                raise _Malformed(f"export trie: terminal info at {node} runs past its end")
+        terminal, edges, end = _trie_node(buf, node)
+        unclaimed -= end - node
+        if unclaimed < 0:
+            raise MalformedMachO(f"export trie: node at offset {node} overlaps another node")
+        if terminal:
             names.append(prefix.decode("utf-8", "surrogateescape"))
-        p += term_size
-        if p >= len(buf):
-            raise _Malformed(f"export trie: node at {node} is cut off before its child count")
-        nchildren = buf[p]
-        p += 1
-        children = []
-        for _ in range(nchildren):
-            zero = buf.find(b"\0", p)
-            if zero < 0:
-                raise _Malformed(f"export trie: edge label at {p} is not NUL-terminated")
-            edge = bytes(buf[p:zero])
-            child, p = read_uleb(buf, zero + 1)
-            children.append((child, prefix + edge))
-        stack.extend(reversed(children))
+        for start, stop, child in reversed(edges):
+            if max_name is not None:
+                stop = min(stop, start + max(0, max_name - len(prefix)))
+            stack.append((child, prefix + bytes(buf[start:stop])))
     return names
+
+
+def _trie_node(buf: bytes, node: int) -> Tuple[bool, List[Tuple[int, int, int]], int]:
+    """(terminal?, [(label start, label end, child offset)], end) of the trie node at ``node``."""
+    if node >= len(buf):
+        raise MalformedMachO(f"export trie: child offset {node} is past its end ({len(buf)} bytes)")
+    term_size, p = read_uleb(buf, node)
+    if p + term_size > len(buf):
+        raise MalformedMachO(f"export trie: terminal info at {node} runs past its end")
+    p += term_size
+    if p >= len(buf):
+        raise MalformedMachO(f"export trie: node at {node} is cut off before its child count")
+    count = buf[p]
+    p += 1
+    edges = []
+    for _ in range(count):
+        zero = buf.find(b"\0", p)
+        if zero < 0:
+            raise MalformedMachO(f"export trie: edge label at {p} is not NUL-terminated")
+        child, after = read_uleb(buf, zero + 1)
+        edges.append((p, zero, child))
+        p = after
+    return bool(term_size), edges, p
 
 
 def _trie_bytes(data: bytes, sl: RawSlice) -> Optional[bytes]:
@@ -501,7 +520,7 @@ def _trie_bytes(data: bytes, sl: RawSlice) -> Optional[bytes]:
     return None
 
 
-def _nlist_exports(data: bytes, sl: RawSlice) -> List[str]:
+def _nlist_exports(data: bytes, sl: RawSlice, max_name: Optional[int]) -> List[str]:
     cmds = sl.find(LC_SYMTAB)
     if not cmds:
         return []
@@ -515,55 +534,54 @@ def _nlist_exports(data: bytes, sl: RawSlice) -> List[str]:
         if n_type & N_STAB or not n_type & N_EXT or (n_type & N_TYPE) == N_UNDF:
             continue
         if n_strx >= len(strtab):
-            raise _Malformed(f"symbol {i}: name offset {n_strx} is past the string table")
-        names.append(strtab[n_strx:].split(b"\0", 1)[0].decode("utf-8", "surrogateescape"))
+            raise MalformedMachO(f"symbol {i}: name offset {n_strx} is past the string table")
+        end = strtab.find(b"\0", n_strx)
+        end = len(strtab) if end < 0 else end
+        if max_name is not None:
+            end = min(end, n_strx + max_name)
+        names.append(strtab[n_strx:end].decode("utf-8", "surrogateescape"))
     return names
 
 
-def export_names(data: bytes, sl: RawSlice) -> List[str]:
-    """Exported symbol names of one slice (with Mach-O's leading underscore)."""
+def export_names(data: bytes, sl: RawSlice, max_name: Optional[int] = None) -> List[str]:
+    """Exported symbol names of one slice (with Mach-O's leading underscore).
+
+    ``max_name`` cuts each name to that many bytes (see parse_export_trie).
+    """
     trie = _trie_bytes(data, sl)
     if trie is not None:
-        return parse_export_trie(trie)
-    return _nlist_exports(data, sl)
+        return parse_export_trie(trie, max_name)
+    return _nlist_exports(data, sl, max_name)
 
 
 # --------------------------------------------------------------------------
 # The reader
 
 
-def _load(path: str) -> bytes:
+@contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """Damage found while parsing becomes a BinaryFormatError naming the file."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise BinaryFormatError(path, f"cannot be read ({exc.strerror})") from None
+        yield
+    except MalformedMachO as exc:
+        raise BinaryFormatError(path, str(exc)) from None
 
 
 def read_exports(path) -> List[str]:
     """Exported names of the (first slice of the) Mach-O at ``path``."""
     path = os.fspath(path)
-    data = _load(path)
-    try:
+    with mapped_file(path) as (_fd, data), _naming(path):
         _fat, slices = scan(data)
         return export_names(data, slices[0])
-    except _Malformed as exc:
-        raise BinaryFormatError(path, str(exc)) from None
 
 
 def read(path) -> BinaryInfo:
     """Inspect a thin or universal Mach-O; BinaryFormatError on anything unreadable."""
     path = os.fspath(path)
-    data = _load(path)
-    try:
+    with mapped_file(path) as (_fd, data), _naming(path):
         fat, slices = scan(data)
-        parsed = _macholib_headers(path, len(slices))
-        infos = [_slice_info(data, sl, hdr) for sl, hdr in zip(slices, parsed)]
-        exports = export_names(data, slices[0])
-    except _Malformed as exc:
-        raise BinaryFormatError(path, str(exc)) from None
-    except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
-        raise BinaryFormatError(path, f"corrupt Mach-O file ({_reason(exc)})") from None
+        infos = [_slice_info(data, sl) for sl in slices]
+        exports = export_names(data, slices[0], max_name=_CLASSIFY_NAME_BYTES + 1)
     first = infos[0]
     kind, version = classify(
         filename=os.path.basename(path),
@@ -587,56 +605,27 @@ def read(path) -> BinaryInfo:
     )
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _macholib_headers(path: str, expected: int):
-    from macholib.MachO import MachO
-
-    try:
-        m = MachO(path, allow_unknown_load_commands=True)
-    except Exception as exc:  # macholib raises ValueError, struct.error, IOError, ... on bad data
-        raise _Malformed(f"corrupt Mach-O file (macholib: {_reason(exc)})") from None
-    if len(m.headers) != expected:
-        raise _Malformed(f"macholib sees {len(m.headers)} images where the headers list {expected}")
-    return m.headers
-
-
-def _macholib_str(lc, cmd, data) -> str:
-    """The lc_str of a dylib/rpath command as macholib stores it (after the fixed struct)."""
-    from macholib.ptypes import sizeof
-
-    start = int(cmd.name) if hasattr(cmd, "name") else int(cmd.path)
-    start -= sizeof(lc) + sizeof(cmd)
-    return bytes(data[start:]).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def _slice_info(data: bytes, sl: RawSlice, hdr) -> dict:
-    if len(hdr.commands) != len(sl.commands):
-        raise _Malformed("macholib and the raw headers disagree on the load commands")
+def _slice_info(data: bytes, sl: RawSlice) -> dict:
     name = None
     needed: List[str] = []
     rpaths: List[str] = []
     uuid = None
     signature = 0
-    for raw, (lc, cmd, cdata) in zip(sl.commands, hdr.commands):
-        if lc.cmd != raw.cmd:
-            raise _Malformed(f"load command {raw.index}: macholib reads 0x{lc.cmd:x}, header says 0x{raw.cmd:x}")
-        if raw.cmd == LC_ID_DYLIB:
-            name = _macholib_str(lc, cmd, cdata)
-        elif raw.cmd in LOAD_DYLIB_COMMANDS:
-            needed.append(_macholib_str(lc, cmd, cdata))
-        elif raw.cmd == LC_RPATH:
-            rpaths.append(_macholib_str(lc, cmd, cdata))
-        elif raw.cmd == LC_UUID:
-            uuid = str(_uuid.UUID(bytes=bytes(cmd.uuid))).upper()
-        elif raw.cmd == LC_CODE_SIGNATURE:
-            signature = cmd.datasize
+    for c in sl.commands:
+        if c.cmd == LC_ID_DYLIB:
+            name = lc_str(data, sl, c)
+        elif c.cmd in LOAD_DYLIB_COMMANDS:
+            needed.append(lc_str(data, sl, c))
+        elif c.cmd == LC_RPATH:
+            rpaths.append(lc_str(data, sl, c))
+        elif c.cmd == LC_UUID:
+            at = sl.offset + c.offset + 8
+            uuid = str(_uuid.UUID(bytes=bytes(data[at : at + 16]))).upper()
+        elif c.cmd == LC_CODE_SIGNATURE:
+            (signature,) = _u32s(data, sl, c.offset + 12, 1)
     padding = header_padding(data, sl)
     if padding < 0:
-        raise _Malformed(f"{sl.arch}: load commands overlap the first section by {-padding} bytes")
+        raise MalformedMachO(f"{sl.arch}: load commands overlap the first section by {-padding} bytes")
     msl = MachoSlice(
         arch=sl.arch,
         filetype=FILETYPES.get(sl.filetype, "filetype-0x%x" % sl.filetype),
@@ -649,11 +638,13 @@ def _slice_info(data: bytes, sl: RawSlice, hdr) -> dict:
 
 
 def scan_path(path) -> Tuple[bytes, bool, List[RawSlice]]:
-    """(data, fat, slices) of the file at ``path``; BinaryFormatError when it is malformed."""
+    """(data, fat, slices) of the file at ``path``; BinaryFormatError when it is malformed.
+
+    The cloner rewrites what it scans, so this one reads the whole file into memory.
+    """
     path = os.fspath(path)
-    data = _load(path)
-    try:
+    with mapped_file(path) as (_fd, mapped):
+        data = bytes(mapped)
+    with _naming(path):
         fat, slices = scan(data)
-    except _Malformed as exc:
-        raise BinaryFormatError(path, str(exc)) from None
     return data, fat, slices

@@ -23,12 +23,14 @@ Conventions of the fields filled here:
   lowercase pefile name without IMAGE_FILE_MACHINE_ ("ia64"), or "unknown-0xNNNN".
 """
 
+import errno
 import os
 import re
 import struct
 
 import pefile
 from gilclone.platforms import classify
+from gilclone.platforms.fileaccess import mapped_file
 from gilclone.platforms.model import FORMAT_PE, BinaryInfo, PeFacts, PeSection
 
 from gilclone.errors import BinaryFormatError
@@ -46,6 +48,10 @@ _COFF_HEADER_SIZE = 20
 _SECTION_HEADER_SIZE = 40
 # Smallest optional header that still holds every field up to the data directories.
 _MIN_OPTIONAL = {0x10B: 96, 0x20B: 112}
+# The CheckSum field's offset in the optional header (the same in PE32 and PE32+).
+_CHECKSUM_IN_OPTIONAL = 64
+# Bytes summed at a time: big enough to be fast, small enough to stay far below 100 MB.
+_CHECKSUM_CHUNK = 8 << 20
 # Images are mapped into a 32-bit RVA space whatever the machine; anything past it is damage.
 _MAX_IMAGE = 0xFFFFFFFF
 
@@ -83,28 +89,20 @@ _PARSE_ERRORS = (
 def read(path) -> BinaryInfo:
     """Inspect the PE image at ``path``; raise BinaryFormatError naming the problem."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise BinaryFormatError(path, f"cannot be read ({exc.strerror})") from None
-
-    _check_headers(path, data)
-    try:
-        pe = pefile.PE(data=data, fast_load=True)
-        pe.parse_data_directories(
-            directories=[_IMPORT, _DELAY_IMPORT, _EXPORT, _SECURITY]
-        )
-    except _PARSE_ERRORS as exc:
-        raise BinaryFormatError(path, f"damaged PE file: {_describe(exc)}") from None
-    try:
-        return _info(path, data, pe)
-    except BinaryFormatError:
-        raise
-    except _PARSE_ERRORS as exc:
-        raise BinaryFormatError(path, f"damaged PE file: {_describe(exc)}") from None
-    finally:
-        pe.close()
+    # pefile reads through the mapping too, so memory follows the headers and tables it
+    # parses, not the size of the file.
+    with mapped_file(path) as (fd, data):
+        _check_headers(path, data)
+        try:
+            pe = pefile.PE(data=data, fast_load=True)
+            pe.parse_data_directories(
+                directories=[_IMPORT, _DELAY_IMPORT, _EXPORT, _SECURITY]
+            )
+            return _info(path, data, pe, _checksum(fd, data, pe))
+        except BinaryFormatError:
+            raise
+        except _PARSE_ERRORS as exc:
+            raise BinaryFormatError(path, f"damaged PE file: {_describe(exc)}") from None
 
 
 def _describe(exc) -> str:
@@ -178,7 +176,7 @@ def _check_headers(path: str, data: bytes) -> None:
                  f"beyond SizeOfImage {size_of_image:#x}")
 
 
-def _info(path: str, data: bytes, pe: pefile.PE) -> BinaryInfo:
+def _info(path: str, data: bytes, pe: pefile.PE, computed_checksum: int) -> BinaryInfo:
     fatal = [w for w in pe.get_warnings() if _FATAL_WARNING.search(w)]
     if fatal:
         raise BinaryFormatError(path, f"damaged PE file: {fatal[0].strip().rstrip('.')}")
@@ -230,7 +228,7 @@ def _info(path: str, data: bytes, pe: pefile.PE) -> BinaryInfo:
         sections=sections,
         header_slack=_header_slack(pe),
         checksum=pe.OPTIONAL_HEADER.CheckSum,
-        computed_checksum=pe.generate_checksum(),
+        computed_checksum=computed_checksum,
         certificate_size=cert_size,
         delay_imports=delay,
         forwards_to=tuple(forwards),
@@ -292,6 +290,48 @@ def _certificate_size(path: str, data: bytes, dirs) -> int:
             f"file (size {len(data)})",
         )
     return entry.Size
+
+
+def _checksum(fd: int, data: bytes, pe: pefile.PE) -> int:
+    """The image checksum of the file as it is, as pefile's generate_checksum computes it,
+    in time and memory that do not grow with the holes of a sparse file.
+
+    pefile adds the file's little-endian dwords (skipping the one holding the CheckSum
+    field) with end-around carry, folds the sum to 16 bits and adds the file size. That
+    fold is the sum modulo 0xFFFF, given as 0xFFFF rather than 0 for a non-zero sum (and
+    the sum is never zero: the file starts with "MZ"). Because 0x10000 = 1 (mod 0xFFFF),
+    a stretch of the file that starts at an even offset, read as one little-endian
+    integer, is congruent to the sum of its 16-bit words, and so of its dwords.
+    Holes read as zeros and add nothing, so only the stretches holding data are read.
+    """
+    field = (pe.OPTIONAL_HEADER.get_file_offset() + _CHECKSUM_IN_OPTIONAL) & ~3
+    total = -int.from_bytes(data[field : field + 4], "little")
+    for start, end in _data_extents(fd, len(data)):
+        for at in range(start & ~1, end, _CHECKSUM_CHUNK):
+            total += int.from_bytes(data[at : min(at + _CHECKSUM_CHUNK, end)], "little") % 0xFFFF
+    folded = total % 0xFFFF
+    return (folded or 0xFFFF) + len(data)
+
+
+def _data_extents(fd: int, size: int):
+    """(start, end) of the parts of the file that hold data: all of it where the file
+    system cannot tell holes (no SEEK_DATA), otherwise only the allocated extents."""
+    seek_data, seek_hole = getattr(os, "SEEK_DATA", None), getattr(os, "SEEK_HOLE", None)
+    if seek_data is None:
+        yield 0, size
+        return
+    at = 0
+    while at < size:
+        try:
+            start = os.lseek(fd, at, seek_data)
+            end = os.lseek(fd, start, seek_hole)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after ``at``
+                return
+            yield at, size  # the file system does not support it: read everything
+            return
+        yield start, min(end, size)
+        at = end
 
 
 def _header_slack(pe: pefile.PE) -> int:

@@ -7,9 +7,11 @@ at start-up and must not pay for the host-side machinery.
 _EXPORTS = {
     "BrokenClonePool": "gilclone.pool.errors",
     "RemoteTraceback": "gilclone.pool.errors",
+    "TaskInterrupted": "gilclone.pool.errors",
     "TaskPicklingError": "gilclone.pool.errors",
     "UnpicklableRemoteError": "gilclone.pool.errors",
     "ClonePool": "gilclone.pool.executor",
+    "WorkerStats": "gilclone.pool.stats",
     "shared": "gilclone.pool.sharing",
 }
 __all__ = sorted(_EXPORTS)

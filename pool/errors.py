@@ -2,7 +2,11 @@
 
 from concurrent.futures import BrokenExecutor
 
+from gilclone.pool.interrupted import TaskInterrupted  # raised inside clones, so a leaf module
+
 from gilclone.errors import GilcloneError
+
+__all__ = ["BrokenClonePool", "RemoteTraceback", "TaskInterrupted", "TaskPicklingError", "UnpicklableRemoteError"]
 
 
 class BrokenClonePool(BrokenExecutor, GilcloneError):

@@ -1,194 +1,386 @@
-"""``ClonePool``: a concurrent.futures Executor whose workers are clones in this process."""
+"""``ClonePool``: a concurrent.futures Executor whose workers are clones in this process.
+
+Shaped like CPython's ``concurrent/futures/thread.py``: worker threads start as work
+arrives and hold the pool only weakly, so a pool dropped without ``shutdown`` is
+collected and its workers leave. What a thread pool cannot do, this one does: a
+running task can be interrupted (its worker owns the clone's thread state), which
+gives time limits, ``shutdown(cancel_futures=True)`` that stops running tasks, and
+an exit that does not wait for a task spinning forever.
+"""
 
 import itertools
+import logging
 import os
 import queue
 import sys
 import threading
 import weakref
 from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from functools import partial
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from gilclone.cloner import store
 from gilclone.cloner.load import clone_for
+from gilclone.cloner.naming import MAX_CLONES
 from gilclone.cloner.prepare import ensure_set
-from gilclone.pool import inclone
-from gilclone.pool.errors import BrokenClonePool
+from gilclone.pool import deadlines, inclone
+from gilclone.pool.errors import BrokenClonePool, TaskInterrupted
+from gilclone.pool.stats import WorkerStats, available_cpus
 from gilclone.pool.worker import WorkerContext, main_module_location
 
 from gilclone.errors import GilcloneError, PythonVersionError
 
+log = logging.getLogger(__name__)
+
 _leased = set()  # libpython paths of clones in use by a live pool in this process
 _lease_lock = threading.Lock()
-_live_pools = weakref.WeakSet()
+_worker_states: "weakref.WeakKeyDictionary[threading.Thread, _PoolState]" = weakref.WeakKeyDictionary()
 _exiting = False
+_task_ids = itertools.count(1)
 
 
 class _WorkItem:
-    __slots__ = ("future", "fn", "args", "kwargs")
+    __slots__ = ("future", "fn", "args", "kwargs", "timeout")
 
-    def __init__(self, future, fn, args, kwargs):
-        self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
+    def __init__(self, future, fn, args, kwargs, timeout):
+        self.future, self.fn, self.args, self.kwargs, self.timeout = future, fn, args, kwargs, timeout
+
+
+class _CloneSource:
+    """The clone set, found or prepared when the first worker needs a clone."""
+
+    def __init__(self, clones, python):
+        self._clones, self._python = clones, python
+        self._cset: Optional[store.CloneSet] = None
+        self._lock = threading.Lock()
+        if clones is not None:
+            self.get()  # a given set is read now: a wrong one is the caller's error
+
+    def get(self) -> store.CloneSet:
+        with self._lock:
+            if self._cset is None:
+                self._cset = _checked_set(self._clones, self._python)
+            return self._cset
+
+
+class _PoolState:
+    """What the pool and its workers share; workers hold this, and the pool only weakly."""
+
+    def __init__(self):
+        self.queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.shutdown = False
+        self.broken: Optional[str] = None
+        self.running: Dict[Future, tuple] = {}  # future -> (worker, task id)
+        self.workers: List[WorkerContext] = []
+        self.records: List[store.CloneRecord] = []
+        self.idle = threading.Semaphore(0)
+
+    def fail_pending(self, cause=None) -> None:
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                self.queue.put(None)
+                return
+            err = BrokenClonePool(self.broken)
+            err.__cause__ = cause
+            item.future.set_exception(err)
+
+    def cancel_pending(self) -> None:
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item.future.cancel()
+
+    def interrupt_running(self, reason: str) -> None:
+        for worker, task in list(self.running.values()):
+            worker.interrupt(task, reason)
+
+    def stop(self) -> None:
+        """Cancel what waits, interrupt what runs, let every worker leave."""
+        with self.lock:
+            self.shutdown = True
+            self.cancel_pending()
+            self.queue.put(None)
+        self.interrupt_running("shutdown")
 
 
 class ClonePool(Executor):
     """Run callables on clones of this interpreter, each with its own GIL, in this process.
 
     ``clones`` is a prepared set (a CloneSet or its directory); by default the
-    cached set of this Python is prepared or reused.
+    cached set of this Python is prepared or reused. ``task_timeout`` (seconds)
+    limits every task: past it the task is interrupted and its future raises
+    ``concurrent.futures.TimeoutError``.
     """
 
-    def __init__(self, max_workers=None, *, initializer=None, initargs=(), python=None, clones=None):
+    def __init__(self, max_workers=None, *, initializer=None, initargs=(), python=None, clones=None,
+                 task_timeout=None):
         if hasattr(sys, "_gilclone_index"):
             raise GilcloneError(
                 "a ClonePool cannot be created inside a clone; guard pool creation in your "
                 "main script with `if __name__ == '__main__':`"
             )
         if max_workers is None:
-            max_workers = os.cpu_count() or 1
+            max_workers = available_cpus()
         if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
+        if max_workers > MAX_CLONES:
+            # Checked here: workers start lazily, and a set holds at most this many clones.
+            raise ValueError(f"max_workers must be at most {MAX_CLONES} (clones per set), not {max_workers}")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._max_workers = max_workers
-        cset = self._clone_set(clones, python, max_workers)
-        self._records = _lease(cset, max_workers)
-        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
-        self._shutdown_lock = threading.Lock()
-        self._shutdown = False
-        self._broken: Optional[str] = None
+        self._task_timeout = _checked_timeout(task_timeout)
+        self._source = _CloneSource(clones, python)
+        self._setup = (initializer, tuple(initargs), list(sys.path), main_module_location())
+        self._state = _PoolState()
+        self._records = self._state.records  # the clones started workers hold
         self._threads: List[threading.Thread] = []
-        main_path, main_name = main_module_location()
-        for record in self._records:
-            ctx = WorkerContext(clone_for(record, cset.python), sys.path, main_path, main_name)
-            t = threading.Thread(
-                target=self._work,
-                args=(ctx, initializer, initargs),
-                name=f"ClonePool-clone{record.index}",
-                daemon=not hasattr(threading, "_register_atexit"),
-            )
-            t.start()
-            self._threads.append(t)
-        _live_pools.add(self)
-
-    @staticmethod
-    def _clone_set(clones, python, count) -> store.CloneSet:
-        if clones is None:
-            cset = ensure_set(count, python=python)
-        elif isinstance(clones, store.CloneSet):
-            cset = clones
-        else:
-            cset = store.load_set(os.fspath(clones))
-        here = "%d.%d" % sys.version_info[:2]
-        if ".".join(cset.version.split(".")[:2]) != here:
-            raise PythonVersionError(
-                f"the clone set {cset.root} is of Python {cset.version}, this interpreter is {here}; "
-                "tasks are pickled by reference, so the pool needs clones of its own version"
-            )
-        return cset
-
-    # -- the worker thread -----------------------------------------------------
-
-    def _work(self, ctx: WorkerContext, initializer, initargs) -> None:
-        try:
-            ctx.initialize(initializer, initargs)
-        except BaseException as exc:
-            what = "the initializer failed" if ctx.started else f"clone {ctx.clone.index} could not start"
-            self._break(f"{what}: {type(exc).__name__}: {exc}", exc)
-            _release([ctx.clone.record])
-            try:
-                ctx.finalize()
-            except Exception:
-                pass
-            return
-        try:
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    ctx.idle()
-                    item = self._queue.get()
-                if item is None:
-                    return
-                if self._broken is not None:
-                    item.future.set_exception(BrokenClonePool(self._broken))
-                    continue
-                if not item.future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    result = ctx.call(item.fn, item.args, item.kwargs)
-                except BaseException as exc:
-                    item.future.set_exception(exc)
-                else:
-                    item.future.set_result(result)
-                del item
-        finally:
-            ctx.finalize()
-            _release([ctx.clone.record])
-
-    def _break(self, reason: str, cause: BaseException) -> None:
-        with self._shutdown_lock:
-            if self._broken is None:
-                self._broken = reason
-            self._fail_pending(cause)
-
-    def _fail_pending(self, cause=None) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is None:
-                self._queue.put(None)
-                return
-            err = BrokenClonePool(self._broken)
-            err.__cause__ = cause
-            item.future.set_exception(err)
 
     # -- Executor ----------------------------------------------------------------
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        with self._shutdown_lock:
-            if self._broken is not None:
-                raise BrokenClonePool(self._broken)
-            if self._shutdown or _exiting:
+        return self._submit(fn, args, kwargs, self._task_timeout)
+
+    def _submit(self, fn, args, kwargs, timeout) -> Future:
+        state = self._state
+        with state.lock:
+            if state.broken is not None:
+                raise BrokenClonePool(state.broken)
+            if state.shutdown or _exiting:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future: Future = Future()
-            self._queue.put(_WorkItem(future, fn, args, kwargs))
+            state.queue.put(_WorkItem(future, fn, args, kwargs, timeout))
+            self._adjust_thread_count()
             return future
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
+            return Executor.map(self, fn, *iterables, timeout=timeout)
         chunks = _chunks(zip(*iterables), chunksize)
-        results = super().map(partial(inclone.run_chunk, fn), chunks, timeout=timeout)
+        results = Executor.map(self, partial(inclone.run_chunk, fn), chunks, timeout=timeout)
         return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait=True, *, cancel_futures=False) -> None:
-        with self._shutdown_lock:
-            already = self._shutdown
-            self._shutdown = True
+        """As Executor.shutdown; ``cancel_futures=True`` also interrupts running tasks.
+
+        A KeyboardInterrupt while waiting interrupts the running tasks before it goes on.
+        """
+        state = self._state
+        with state.lock:
+            state.shutdown = True
             if cancel_futures:
-                while True:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not None:
-                        item.future.cancel()
-            if not already:
-                for _ in self._threads:
-                    self._queue.put(None)
+                state.cancel_pending()
+            state.queue.put(None)  # each worker passes it on as it leaves
+        if cancel_futures:
+            state.interrupt_running("shutdown")
         if wait:
-            for t in self._threads:
-                t.join()
+            try:
+                for t in list(self._threads):
+                    t.join()
+            except KeyboardInterrupt:
+                state.stop()
+                raise
+
+    def __exit__(self, exc_type, exc, tb):
+        # Ctrl-C or SystemExit leaving the block: stop the tasks rather than wait for them.
+        stop = exc_type is not None and not issubclass(exc_type, Exception)
+        self.shutdown(wait=True, cancel_futures=stop)
+        return False
+
+    # -- this pool's own --------------------------------------------------------
+
+    def interrupt(self, future: Future) -> bool:
+        """Stop ``future``'s task: a pending one is cancelled, a running one gets
+        TaskInterrupted raised inside it (its future then ends with that error).
+
+        Returns whether an interrupt was sent or the future cancelled (False when it is
+        done). The exception reaches Python code within the clone's switch interval
+        (5 ms); a C call that does not return (time.sleep, blocking I/O) gets it when it
+        returns.
+        """
+        entry = self._state.running.get(future)
+        if entry is not None:
+            worker, task = entry
+            return worker.interrupt(task, "interrupt")
+        return future.cancel()
+
+    def options(self, *, timeout=None) -> "PoolOptions":
+        """A view of this pool whose ``submit`` and ``map`` give each task ``timeout``
+        seconds (None: no limit), instead of the pool's ``task_timeout``."""
+        return PoolOptions(self, _checked_timeout(timeout))
+
+    def stats(self) -> List[WorkerStats]:
+        """Per started worker: its clone, tasks run, CPU time, transport sizes."""
+        return [WorkerStats.of(w) for w in list(self._state.workers)]
 
     @property
     def workers(self) -> int:
+        """Worker threads started so far (they start as work arrives)."""
         return len(self._threads)
+
+    # -- workers -------------------------------------------------------------------
+
+    def _adjust_thread_count(self) -> None:
+        if self._state.idle.acquire(timeout=0):
+            return  # a worker is waiting for work
+        if len(self._threads) >= self._max_workers:
+            return
+
+        def wake_on_collect(_, q=self._state.queue):
+            q.put(None)
+
+        t = threading.Thread(
+            target=_worker,
+            args=(weakref.ref(self, wake_on_collect), self._state, self._source, self._setup),
+            name=f"ClonePool-worker{len(self._threads)}",
+            daemon=_DAEMON_WORKERS,
+        )
+        t.start()
+        self._threads.append(t)
+        _worker_states[t] = self._state
+
+
+class PoolOptions(Executor):
+    """``pool.options(timeout=...)``: submit and map with per-call settings."""
+
+    def __init__(self, pool: ClonePool, timeout):
+        self._pool, self._timeout = pool, timeout
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        return self._pool._submit(fn, args, kwargs, self._timeout)
+
+    map = ClonePool.map
+
+    def shutdown(self, wait=True, *, cancel_futures=False) -> None:
+        raise TypeError("shut the pool down, not a view of its options")
+
+
+def _worker(pool_ref, state: _PoolState, source: _CloneSource, setup) -> None:
+    """One worker thread: start a clone, run items until shut down or the pool is gone."""
+    worker = _start_worker(state, source, setup)
+    if worker is None:
+        return
+    try:
+        while True:
+            try:
+                item = state.queue.get_nowait()
+            except queue.Empty:
+                worker.idle()
+                item = state.queue.get()
+            if item is not None:
+                _run_item(state, worker, item)
+                del item
+                state.idle.release()
+                continue
+            pool = pool_ref()
+            if _exiting or pool is None or state.shutdown:
+                state.queue.put(None)  # for the next worker
+                return
+            del pool
+    finally:
+        worker.finalize()
+        _release([worker.clone.record])
+
+
+def _start_worker(state: _PoolState, source: _CloneSource, setup) -> Optional[WorkerContext]:
+    initializer, initargs, sys_path, (main_path, main_name) = setup
+    worker = record = None
+    try:
+        cset = source.get()
+        record = _lease(cset, 1)[0]
+        worker = WorkerContext(clone_for(record, cset.python), sys_path, main_path, main_name)
+        state.records.append(record)
+        worker.initialize(initializer, initargs)
+    except BaseException as exc:
+        if worker is not None and worker.started:
+            what = "the initializer failed"
+        else:
+            what = "a clone could not start" if record is None else f"clone {record.index} could not start"
+        _break(state, f"{what}: {type(exc).__name__}: {exc}", exc)
+        if worker is not None:
+            worker.finalize()
+        if record is not None:
+            _release([record])
+        return None
+    state.workers.append(worker)
+    return worker
+
+
+def _break(state: _PoolState, reason: str, cause: BaseException) -> None:
+    with state.lock:
+        if state.broken is None:
+            state.broken = reason
+        state.fail_pending(cause)
+
+
+def _run_item(state: _PoolState, worker: WorkerContext, item: _WorkItem) -> None:
+    future = item.future
+    if state.broken is not None:
+        future.set_exception(BrokenClonePool(state.broken))
+        return
+    if not future.set_running_or_notify_cancel():
+        return
+    task = next(_task_ids)
+    worker.begin(task)
+    state.running[future] = (worker, task)
+    limit = None
+    if item.timeout is not None:
+        limit = deadlines.after(item.timeout, partial(worker.interrupt, task, "timeout"))
+    try:
+        result = worker.call(item.fn, item.args, item.kwargs)
+        error = None
+    except BaseException as exc:
+        result, error = None, exc
+    finally:
+        if limit is not None:
+            limit.cancel()
+        reason = worker.end()
+        del state.running[future]
+        worker.tasks += 1
+    if reason == "timeout":
+        error = FuturesTimeoutError(f"the task ran past its time limit of {item.timeout} s")
+        error.__cause__ = TaskInterrupted("time limit")
+        result = None
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _checked_timeout(timeout):
+    if timeout is None:
+        return None
+    timeout = float(timeout)
+    if not timeout > 0:
+        raise ValueError("a task timeout must be a positive number of seconds")
+    return timeout
+
+
+def _checked_set(clones, python) -> store.CloneSet:
+    if clones is None:
+        cset = ensure_set(1, python=python)
+    elif isinstance(clones, store.CloneSet):
+        cset = clones
+    else:
+        cset = store.load_set(os.fspath(clones))
+    here = "%d.%d" % sys.version_info[:2]
+    if ".".join(cset.version.split(".")[:2]) != here:
+        raise PythonVersionError(
+            f"the clone set {cset.root} is of Python {cset.version}, this interpreter is {here}; "
+            "tasks are pickled by reference, so the pool needs clones of its own version"
+        )
+    return cset
 
 
 def _chunks(iterator, size):
@@ -200,13 +392,20 @@ def _chunks(iterator, size):
 
 
 def _lease(cset: store.CloneSet, count: int) -> List[store.CloneRecord]:
-    """Take ``count`` clones of the set that no live pool in this process uses."""
+    """Take ``count`` clones of the set that no live pool in this process uses, preparing
+    more when there are too few (``cset`` may be an older reading of a set grown since)."""
     with _lease_lock:
-        free = [r for r in cset.clones if r.libpython not in _leased]
-        if len(free) < count:
-            cset = ensure_set(len(cset.clones) + count - len(free), dest=cset.root)
+        while True:
             free = [r for r in cset.clones if r.libpython not in _leased]
+            if len(free) >= count:
+                break
+            cset = ensure_set(len(cset.clones) + count - len(free), dest=cset.root)
         chosen = free[:count]
+        # A set is checked only up to the count it was found or prepared for: a clone
+        # beyond that is checked now, and rebuilt if damaged, before anyone loads it.
+        cset = ensure_set(max(r.index for r in chosen) + 1, dest=cset.root)
+        current = {r.directory: r for r in cset.clones}
+        chosen = [current[r.directory] for r in chosen]
         _leased.update(r.libpython for r in chosen)
         return chosen
 
@@ -218,15 +417,25 @@ def _release(records) -> None:
 
 
 def _python_exit() -> None:
+    """Leaving the main script: pending tasks are cancelled and running ones interrupted,
+    so the joins that follow end (a task inside a C call that never returns still holds
+    its worker)."""
     global _exiting
     _exiting = True
-    for pool in list(_live_pools):
-        pool.shutdown(wait=False)
+    threads = list(_worker_states.items())
+    for state in {id(s): s for _, s in threads}.values():
+        state.stop()
+    for t, _ in threads:
+        t.join()
 
 
-if hasattr(threading, "_register_atexit"):
-    threading._register_atexit(_python_exit)  # runs before non-daemon threads are joined
-else:
+# Python 3.9+: runs before threading joins the (non-daemon) workers, as CPython's own
+# executors do. 3.8 joins non-daemon threads before any atexit function runs, so there
+# workers are daemon threads and this hook joins them.
+_DAEMON_WORKERS = not hasattr(threading, "_register_atexit")
+if _DAEMON_WORKERS:
     import atexit
 
     atexit.register(_python_exit)
+else:
+    threading._register_atexit(_python_exit)

@@ -6,7 +6,8 @@ memory that the clone sees as a writable memoryview. A task is one call of
 back into it, so the host makes only a handful of foreign calls per task.
 
 Buffer layout: bytes 0-8 length (little endian); byte 8 status; byte 9 set when a
-shared view is still in use by the clone after the task; 16- payload.
+shared view is still in use by the clone after the task; byte 10 set when a task
+comes in pieces (see ``load_pieces``); 16- payload.
 """
 
 import os
@@ -15,6 +16,8 @@ import runpy
 import struct
 import sys
 import traceback
+
+from gilclone.pool.interrupted import TaskInterrupted
 
 HEADER = 16
 OK, ERROR, BAD_TASK, BAD_RESULT, NEED_SPACE = range(5)
@@ -60,34 +63,58 @@ class Runner:
         self.buffer = buffer
 
     def run(self, *views):
-        """Run the task in the buffer; write the response; return the views not released."""
+        """Run the task in the buffer and write the response (nothing is returned).
+
+        An interrupt may be delivered at any bytecode while this runs, also after the task's
+        own code: it then ends the task all the same. The host sends at most one per task,
+        so the handler below cannot itself be interrupted.
+        """
         global _views
-        buf = self.buffer
-        n = _LENGTH.unpack_from(buf, 0)[0]
         _views = views
         try:
             try:
+                self._execute(views)
+            finally:
+                self._finish(views)
+        except TaskInterrupted as exc:
+            self._reply(ERROR, _error_payload(exc))
+            self._finish(views)  # after the reply, which clears the flag byte
+
+    def _execute(self, views):
+        buf = self.buffer
+        n = _LENGTH.unpack_from(buf, 0)[0]
+        try:
+            if buf[10]:
+                fn, args, kwargs = load_pieces(buf[HEADER : HEADER + n], views)
+            else:
                 fn, args, kwargs = pickle.loads(buf[HEADER : HEADER + n])
-            except BaseException as exc:
-                return self._reply(BAD_TASK, _error_payload(exc, "cannot unpickle the task in the clone"))
+        except TaskInterrupted:
+            raise
+        except BaseException as exc:
+            return self._reply(BAD_TASK, _error_payload(exc, "cannot unpickle the task in the clone"))
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # TaskInterrupted too: the task's own error
+            return self._reply(ERROR, _error_payload(exc))
+        try:
+            data = pickle.dumps(result, PROTOCOL)
+        except TaskInterrupted:
+            raise
+        except BaseException as exc:
+            return self._reply(BAD_RESULT, _error_payload(exc, "cannot pickle the task's result"))
+        del result
+        return self._reply(OK, data)
+
+    def _finish(self, views):
+        global _views
+        _views = ()
+        if views and release_views(*views):
+            self.buffer[9] = 1  # flag: the host must keep these buffers alive
+        for stream in (sys.stdout, sys.stderr):
             try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                return self._reply(ERROR, _error_payload(exc))
-            try:
-                data = pickle.dumps(result, PROTOCOL)
-            except BaseException as exc:
-                return self._reply(BAD_RESULT, _error_payload(exc, "cannot pickle the task's result"))
-            return self._reply(OK, data)
-        finally:
-            _views = ()
-            if views and release_views(*views):
-                buf[9] = 1  # flag: the host must keep these buffers alive
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:
-                    pass
+                stream.flush()
+            except Exception:
+                pass
 
     def _reply(self, status, data):
         buf = self.buffer
@@ -105,6 +132,60 @@ class Runner:
         status, data = self.pending
         self.pending = None
         self._reply(status, data)
+
+
+def load_pieces(payload, views):
+    """Unpickle a large task sent in pieces: ``payload`` holds a table, then the small
+    pieces; each large piece is one of ``views``, over the host's own object, read once."""
+    table_size = _LENGTH.unpack_from(payload, 0)[0]
+    layout = pickle.loads(payload[8 : 8 + table_size])
+    pos = 8 + table_size
+    parts = []
+    for entry in layout:
+        if entry >= 0:
+            parts.append(payload[pos : pos + entry])
+            pos += entry
+        else:
+            parts.append(views[-entry - 1].cast("B"))
+    return pickle.Unpickler(_PieceReader(parts)).load()
+
+
+class _PieceReader:
+    """A read-only file over consecutive buffers; ``readinto`` lets the unpickler copy a
+    large bytes object straight from the host's memory into its own."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.index = self.offset = 0
+
+    def readinto(self, target):
+        out = memoryview(target).cast("B")
+        done = 0
+        while done < len(out) and self.index < len(self.parts):
+            part = self.parts[self.index]
+            take = min(len(part) - self.offset, len(out) - done)
+            out[done : done + take] = part[self.offset : self.offset + take]
+            done += take
+            self.offset += take
+            if self.offset == len(part):
+                self.index += 1
+                self.offset = 0
+        return done
+
+    def read(self, size=-1):
+        if size < 0:
+            size = sum(len(p) for p in self.parts[self.index :]) - self.offset
+        data = bytearray(size)
+        return bytes(data[: self.readinto(data)])
+
+    def readline(self):
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            byte = self.read(1)
+            if not byte:
+                break
+            line += byte
+        return bytes(line)
 
 
 def release_views(*views):

@@ -7,12 +7,15 @@ results cross through a transport buffer that both sides address directly.
 """
 
 import ctypes
+import logging
 import os
 import pickle
 import struct
 import sys
+import threading
+import time
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from gilclone.cloner.capi import Py_buffer, PyBUF_WRITE
 from gilclone.cloner.load import Clone
@@ -21,7 +24,14 @@ from gilclone.pool.errors import RemoteTraceback, TaskPicklingError
 
 from gilclone.errors import CloneLoadError
 
+log = logging.getLogger(__name__)
+
 INITIAL_BUFFER = 64 * 1024
+SHRINK_ABOVE = 1024 * 1024  # a transport grown past this goes back to INITIAL_BUFFER after the task
+LARGE_TASK = 1024 * 1024  # a pickled task past this is sent in pieces (see _send_pieces)
+LARGE_PIECE = 64 * 1024  # pickle writes objects this large on their own (FRAME_SIZE_TARGET)
+PIECES_FLAG = 1 << 16  # byte 10 of the header
+_LENGTH = struct.Struct("<Q")
 _HEADER = struct.Struct("<QQ")  # payload length, status (see inclone.py)
 PyBUF_RECORDS = 0x1D  # writable, format, shape, strides
 PyBUF_RECORDS_RO = 0x1C
@@ -43,50 +53,67 @@ class WorkerContext:
         self.clone = clone
         self.sys_path = list(sys_path)
         self.main = (main_path, main_name)
+        self.ident: Optional[int] = None  # the worker thread, also the id of its clone thread state
         self._tstate = None
         self._gil = None
         self.started = False  # the clone is set up; what fails after this is the initializer
         self._attached = False  # this thread holds the clone's GIL
         self._buffer = self._view = None
-        self._runner = self._run = self._fetch = None
+        self._runner = self._run = self._fetch = self._set_buffer = self._interrupt_type = None
+        self._interrupt_lock = threading.Lock()  # one interrupter at a time
+        self._running: Optional[int] = None  # the task in the clone; changed holding its GIL
+        self._sent: Optional[Tuple[int, str]] = None  # (task, reason) of the interrupt sent
+        self.tasks = 0
+        self.peak_transport = 0
+        self.cpu_at_exit: Optional[float] = None
 
     # -- initialize / finalize --------------------------------------------------
 
     def initialize(self, initializer=None, initargs=()) -> None:
+        self.ident = threading.get_ident()
         self.clone.open(sys_path=self.sys_path, argv=list(sys.argv))
         api = self.clone.api
         self._gil = api.PyGILState_Ensure()
+        self._attached = True
         try:
             self._setup_runner()
             self.clone_exec(f"import sys\nsys.path[:] = {self.sys_path!r}")
             self.clone_exec(f"from gilclone.pool import inclone\ninclone.fixup_main(*{self.main!r})")
         finally:
-            self._tstate = api.PyEval_SaveThread()
+            self.idle()
         self.started = True
+        log.info("worker on clone %d started", self.clone.index)
         if initializer is not None:
             self.call(initializer, tuple(initargs), {})
 
     def _setup_runner(self) -> None:
         api = self.clone.api
-        module = api.PyImport_ImportModule(b"gilclone.pool.inclone")
-        if not module:
-            api.PyErr_Print()
-            raise CloneLoadError(f"clone {self.clone.index}: cannot import gilclone.pool.inclone")
+        module = self._checked(api.PyImport_ImportModule(b"gilclone.pool.inclone"), "import gilclone.pool.inclone")
+        try:
+            self._interrupt_type = self._attr(module, b"TaskInterrupted")
+            runner_type = self._attr(module, b"Runner")
+        finally:
+            api.Py_DecRef(module)
         self._set_host_buffer(ctypes.create_string_buffer(INITIAL_BUFFER))
-        view = self._clone_view_of_buffer()
-        runner_type = api.PyObject_GetAttrString(module, b"Runner")
-        args = api.PyTuple_New(1)
-        api.PyTuple_SetItem(args, 0, view)  # steals the view
+        args = self._checked(api.PyTuple_New(1), "make the runner's arguments")
+        api.PyTuple_SetItem(args, 0, self._clone_view_of_buffer())  # steals the view
         self._runner = api.PyObject_CallObject(runner_type, args)
         api.Py_DecRef(args)
         api.Py_DecRef(runner_type)
-        api.Py_DecRef(module)
-        self._run = api.PyObject_GetAttrString(self._runner, b"run")
-        self._fetch = api.PyObject_GetAttrString(self._runner, b"fetch")
-        self._set_buffer = api.PyObject_GetAttrString(self._runner, b"set_buffer")
-        if not (self._runner and self._run and self._fetch):
-            api.PyErr_Print()
-            raise CloneLoadError(f"clone {self.clone.index}: cannot create the task runner")
+        self._checked(self._runner, "create the task runner")
+        self._run = self._attr(self._runner, b"run")
+        self._fetch = self._attr(self._runner, b"fetch")
+        self._set_buffer = self._attr(self._runner, b"set_buffer")
+
+    def _attr(self, obj: int, name: bytes) -> int:
+        return self._checked(self.clone.api.PyObject_GetAttrString(obj, name), f"find {name.decode()}")
+
+    def _checked(self, obj: Optional[int], what: str) -> int:
+        """``obj`` (a new reference) or, when the clone gave NULL, its error as CloneLoadError."""
+        if not obj:
+            self.clone.api.PyErr_Print()
+            raise CloneLoadError(f"clone {self.clone.index}: cannot {what} (traceback on stderr)")
+        return obj
 
     def _clone_view_of_buffer(self) -> int:
         return self.clone.api.PyMemoryView_FromMemory(
@@ -111,18 +138,27 @@ class WorkerContext:
             raise CloneLoadError(f"clone {self.clone.index}: set-up failed: {last}") from RemoteTraceback(error)
 
     def finalize(self) -> None:
-        """Give the clone back: drop this thread's state in it (the clone stays initialised)."""
+        """Give the clone back: drop this thread's state in it (the clone stays initialised).
+
+        Whatever failed before, the clone's GIL is released at the end: a GIL left held by
+        a thread that is gone would stop every later user of this clone.
+        """
+        if self._gil is None:
+            return  # the clone was never entered
+        self.cpu_at_exit = time.thread_time()
         api = self.clone.api
-        if self._tstate is None and not self._attached:
-            return
         self._enter()
-        for obj in (self._run, self._fetch, self._set_buffer, self._runner):
-            if obj:
-                api.Py_DecRef(obj)
-        self._run = self._fetch = self._set_buffer = self._runner = None
-        self._tstate = None
-        self._attached = False
-        api.PyGILState_Release(self._gil)
+        try:
+            for obj in (self._run, self._fetch, self._set_buffer, self._runner, self._interrupt_type):
+                if obj:
+                    api.Py_DecRef(obj)
+        finally:
+            self._run = self._fetch = self._set_buffer = self._runner = self._interrupt_type = None
+            self._tstate = None
+            self._attached = False
+            gil, self._gil = self._gil, None
+            api.PyGILState_Release(gil)
+        log.info("worker on clone %d stopped", self.clone.index)
 
     # -- holding the clone's GIL -------------------------------------------------
     #
@@ -141,33 +177,116 @@ class WorkerContext:
             self._tstate = self.clone.api.held.PyEval_SaveThread()
             self._attached = False
 
+    # -- interrupting ------------------------------------------------------------
+    #
+    # ``_running`` only changes on the worker thread while it holds the clone's GIL
+    # (end) or before it enters the clone (begin), and an interrupter reads it holding
+    # the clone's GIL too: so an interrupt meant for one task never lands in the next.
+
+    def begin(self, task: int) -> None:
+        self._sent = None  # first: an interrupter may act as soon as _running is set
+        self._running = task
+
+    def end(self) -> Optional[str]:
+        """The task is over (call with nothing of it left to run): return why it was
+        interrupted, if it was, and drop an interrupt that was sent but not delivered."""
+        self._enter()  # normally held already; taken when the task never reached the clone
+        self._running = None
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return None
+        self.clone.api.PyThreadState_SetAsyncExc(self.ident, None)
+        return sent[1]
+
+    def interrupt(self, task: int, reason: str) -> bool:
+        """Raise TaskInterrupted in ``task`` if this worker is running it (any thread)."""
+        with self._interrupt_lock:
+            if self._running != task or self._sent is not None:
+                return False
+            api = self.clone.api
+            gil = api.PyGILState_Ensure()  # the task lets go of it at its next switch interval
+            try:
+                if self._running != task:
+                    return False
+                api.PyThreadState_SetAsyncExc(self.ident, self._interrupt_type)
+                self._sent = (task, reason)
+                return True
+            finally:
+                api.PyGILState_Release(gil)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the worker thread, which runs the clone's side of every task."""
+        if self.cpu_at_exit is not None or self.ident is None:
+            return self.cpu_at_exit or 0.0
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(self.ident))
+        except (OSError, AttributeError):
+            return self.cpu_at_exit or 0.0
+
     # -- run ---------------------------------------------------------------------
 
     def call(self, fn, args, kwargs):
         """Run ``fn(*args, **kwargs)`` in the clone and return its result or raise its error."""
-        sink = sharing.start_collecting()
+        task = (fn, args, kwargs)
+        payload, objects = _pickle_task(_dumps, task)
         try:
-            payload = pickle.dumps((fn, args, kwargs), inclone.PROTOCOL)
-        except Exception as exc:
-            raise TaskPicklingError(f"cannot send the task to a clone: {_one_line(exc)}") from exc
+            if len(payload) <= LARGE_TASK:
+                self._send(payload)
+                del payload
+            else:
+                del payload  # pickled again in pieces: the large ones are not copied at all
+                pieces, objects = _pickle_task(_dump_pieces, task)
+                objects += self._send_pieces(pieces, len(objects))
+                del pieces
+            del task
+            if not objects:
+                self._call_runner(None)
+                if self._view[8] == inclone.NEED_SPACE:
+                    self._grow_for_pending()
+            else:
+                self._call_with_shared(objects)
+            del objects
+            size, status = _HEADER.unpack_from(self._view, 0)
+            return _decode(status & 0xFF, self._view[inclone.HEADER : inclone.HEADER + size])
         finally:
-            sharing.stop_collecting()
+            if len(self._view) > SHRINK_ABOVE:
+                self._replace_buffer(INITIAL_BUFFER)  # a large payload's memory goes back now
+
+    def _send(self, payload: bytes) -> None:
         size = len(payload)
+        self._reserve(size)
+        self._view[inclone.HEADER : inclone.HEADER + size] = payload
+        _HEADER.pack_into(self._view, 0, size, 0)
+
+    def _send_pieces(self, pieces, first: int) -> list:
+        """Write the small pieces of a task and a table of all into the transport; return
+        the large pieces, which the clone reads as views numbered from ``first``."""
+        layout, small, large = [], [], []
+        for piece in pieces:
+            size = memoryview(piece).nbytes
+            if size >= LARGE_PIECE:
+                large.append(piece)
+                layout.append(-(first + len(large)))
+            else:
+                small.append(piece)
+                layout.append(size)
+        table = pickle.dumps(tuple(layout), inclone.PROTOCOL)
+        total = 8 + len(table) + sum(layout[i] for i in range(len(layout)) if layout[i] >= 0)
+        self._reserve(total)
+        view, pos = self._view, inclone.HEADER
+        _LENGTH.pack_into(view, pos, len(table))
+        view[pos + 8 : pos + 8 + len(table)] = table
+        pos += 8 + len(table)
+        for piece in small:
+            data = memoryview(piece).cast("B")
+            view[pos : pos + len(data)] = data
+            pos += len(data)
+        _HEADER.pack_into(view, 0, total, PIECES_FLAG)
+        return large
+
+    def _reserve(self, size: int) -> None:
         if inclone.HEADER + size > len(self._view):
             self._replace_buffer(max(inclone.HEADER + size, 2 * len(self._view)))
-        view = self._view
-        view[inclone.HEADER : inclone.HEADER + size] = payload
-        _HEADER.pack_into(view, 0, size, 0)
-        if not sink:
-            self._call_runner(None)
-            if view[8] == inclone.NEED_SPACE:
-                self._grow_for_pending()
-                view = self._view
-        else:
-            self._call_with_shared(sink)
-            view = self._view
-        size, status = _HEADER.unpack_from(view, 0)
-        return _decode(status & 0xFF, view[inclone.HEADER : inclone.HEADER + size])
 
     def _call_with_shared(self, objects) -> None:
         exports = _export_all(objects)
@@ -191,9 +310,15 @@ class WorkerContext:
                 clone_view.obj = None  # the clone's view must not release the host's export
                 api.PyTuple_SetItem(args, i, api.PyMemoryView_FromBuffer(ctypes.byref(clone_view)))
         result = api.PyObject_CallObject(self._run, args)
+        self._running = None  # holding the clone's GIL: no interrupt is sent for this task now
+        if self._sent is not None:
+            api.PyThreadState_SetAsyncExc(self.ident, None)  # one sent too late to be delivered
         if args:
             api.held.Py_DecRef(args)
         if not result:
+            if self._sent is not None and api.PyErr_ExceptionMatches(self._interrupt_type):
+                api.PyErr_Clear()  # delivered after the runner had written its reply, which stands
+                return
             api.PyErr_Print()
             raise CloneLoadError(f"clone {self.clone.index}: the task runner itself failed")
         api.held.Py_DecRef(result)  # None: no finaliser can run
@@ -201,6 +326,7 @@ class WorkerContext:
     def _set_host_buffer(self, buffer) -> None:
         self._buffer = buffer
         self._view = memoryview(buffer).cast("B")
+        self.peak_transport = max(self.peak_transport, len(buffer))
 
     def _grow_for_pending(self) -> None:
         needed = inclone.HEADER + _HEADER.unpack_from(self._view, 0)[0]
@@ -223,6 +349,39 @@ class WorkerContext:
         api.Py_DecRef(args)
         if result:
             api.Py_DecRef(result)
+
+
+def _dumps(task) -> bytes:
+    return pickle.dumps(task, inclone.PROTOCOL)
+
+
+class _PieceWriter:
+    """The file a Pickler writes a large task to: the pickler hands large bytes-like
+    objects to ``write`` as they are, so they are kept, not copied."""
+
+    def __init__(self):
+        self.pieces = []
+
+    def write(self, data):
+        self.pieces.append(data)
+        return memoryview(data).nbytes
+
+
+def _dump_pieces(task) -> list:
+    writer = _PieceWriter()
+    pickle.Pickler(writer, inclone.PROTOCOL).dump(task)
+    return writer.pieces
+
+
+def _pickle_task(dump, task):
+    """``dump(task)`` and the shared() objects met while pickling it, as a list."""
+    sink = sharing.start_collecting()
+    try:
+        return dump(task), list(sink)
+    except Exception as exc:
+        raise TaskPicklingError(f"cannot send the task to a clone: {_one_line(exc)}") from exc
+    finally:
+        sharing.stop_collecting()
 
 
 def _export_all(objects) -> List[Py_buffer]:

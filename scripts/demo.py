@@ -8,10 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from demo_tasks import count_primes  # noqa: E402
-from gilclone.cloner.prepare import prepare, terminal_progress  # noqa: E402
+from gilclone.cloner.prepare import prepare  # noqa: E402
 from gilclone.cloner.verify import verify  # noqa: E402
 from gilclone.platforms.locate import locate  # noqa: E402
 from gilclone.pool import ClonePool  # noqa: E402
+
+from gilclone.commands.progress import terminal_progress  # noqa: E402
 
 WORKERS = max(2, os.cpu_count() or 2)
 CHUNKS = [(i * 100_000, (i + 1) * 100_000) for i in range(4 * WORKERS)]

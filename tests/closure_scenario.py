@@ -88,6 +88,19 @@ def helper_state(directory):
     return out
 
 
+def pool_on(directory, dest):
+    """A pool on the set ``dest`` whose tasks import stateext: ran, or refused (why)."""
+    from gilclone.errors import GilcloneError
+
+    sys.path.insert(0, directory)
+    try:
+        with ClonePool(2, clones=dest) as pool:
+            seen = wait_for_both(pool, helper_task)
+        return {"outcome": "RAN", "line": str(sorted(seen))}
+    except GilcloneError as exc:
+        return {"outcome": "REFUSED", "line": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+
+
 # -- ctypes ----------------------------------------------------------------------------------
 
 

@@ -12,7 +12,27 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 import tasks  # noqa: E402
-from gilclone.pool import BrokenClonePool, ClonePool, RemoteTraceback, TaskPicklingError, shared  # noqa: E402
+from gilclone.pool import (  # noqa: E402
+    BrokenClonePool,
+    ClonePool,
+    RemoteTraceback,
+    TaskInterrupted,
+    TaskPicklingError,
+    shared,
+)
+
+
+def spin():
+    """Runs until interrupted (a main-script function: clones load this file as __mp_main__)."""
+    while True:
+        pass
+
+
+def started(future):
+    deadline = time.monotonic() + 60
+    while not future.running() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return future.running()
 
 
 def check(results, name, fn):
@@ -121,6 +141,37 @@ def main():
         return False, "no error"
 
     check(results, "broken_initializer", broken)
+
+    def interrupt():
+        with ClonePool(1) as p:
+            f = p.submit(spin)
+            if not started(f):
+                return False, "task never started"
+            t0 = time.monotonic()
+            p.interrupt(f)
+            try:
+                f.result(timeout=30)
+            except TaskInterrupted:
+                took = time.monotonic() - t0
+                return p.submit(tasks.add, 1, 1).result() == 2, f"interrupted in {took * 1000:.1f} ms"
+            return False, "the task was not interrupted"
+
+    check(results, "interrupt", interrupt)
+
+    def timeout():
+        from concurrent.futures import TimeoutError as FuturesTimeout
+
+        with ClonePool(1, task_timeout=0.2) as p:
+            t0 = time.monotonic()
+            try:
+                p.submit(spin).result(timeout=30)
+            except FuturesTimeout:
+                took = time.monotonic() - t0
+                ok = p.options(timeout=None).submit(tasks.add, 2, 2).result() == 4 and p.workers == 1
+                return ok and took < 10, f"timed out after {took:.2f} s, worker reused"
+            return False, "no TimeoutError"
+
+    check(results, "timeout", timeout)
     print(json.dumps({"version": "%d.%d" % sys.version_info[:2], "results": results}))
 
 

@@ -20,7 +20,7 @@ import time
 import pytest
 import support
 from elftools.elf.elffile import ELFFile
-from gilclone.cloner import elf_clone, elf_writer, extensions, naming, store
+from gilclone.cloner import elf_clone, elf_writer, extensions, integrity, naming, store
 from gilclone.platforms import elf as elf_reader
 from gilclone.platforms.locate import locate
 
@@ -219,6 +219,7 @@ def host_libpython():
     return install.libpython
 
 
+@pytest.mark.slow
 def test_soname_rewrite_in_place_changes_only_the_soname(tmp_path, host_libpython, monkeypatch):
     original, offset = soname_file_offset(host_libpython)
     new = naming.clone_soname(original, SET_ID, 7)
@@ -330,9 +331,21 @@ def test_replace_needed_not_done_is_caught_by_the_reread(tmp_path, module_copy, 
         )
 
 
+def bare_clone(directory, index, soname):
+    """A clone directory whose manifest lists a stand-in libpython (twins join its manifest)."""
+    os.makedirs(directory)
+    with open(os.path.join(directory, soname), "wb") as f:
+        f.write(b"stand-in")
+    store.write_json_atomic(
+        os.path.join(directory, store.MANIFEST),
+        {"index": index, "soname": soname, "files": {soname: store.manifest_entry(os.path.join(directory, soname))}},
+    )
+    return store.CloneRecord(index, str(directory), soname)
+
+
 def test_twin_factory_binds_the_copy_and_rebuilds_when_altered(tmp_path, module_copy):
     set_rpath(module_copy, "$ORIGIN/../lib", force_rpath=False)
-    record = store.CloneRecord(3, str(tmp_path / "clone-03"), "libgc7074e4740503.so")
+    record = bare_clone(str(tmp_path / "clone-03"), 3, "libgc7074e4740503.so")
     factory = extensions.TwinFactory(record)
     twin = factory.twin_for(str(module_copy))
     assert twin.startswith(record.ext_dir + os.sep)
@@ -358,6 +371,10 @@ def test_twin_factory_binds_the_copy_and_rebuilds_when_altered(tmp_path, module_
     assert extensions.TwinFactory(record).twin_for(str(module_copy)) == twin
     assert tag_values(readelf_dynamic(twin), "RUNPATH") == ["/opt/newer"]
     assert [n for n in os.listdir(record.ext_dir) if n.startswith((".tmp-", ".trash-"))] == []
+    listed = store.read_json(os.path.join(record.directory, store.MANIFEST))["files"]
+    rel = os.path.relpath(twin, record.directory)
+    assert listed[rel]["sha256"] == store.sha256_file(twin)  # the manifest lists the twin
+    assert sorted(listed) == sorted([record.soname, rel, os.path.join(os.path.dirname(rel), extensions.TWIN_FILE)])
 
 
 # -- 3. prepare + verify on every pyenv Python ----------------------------------------------
@@ -384,6 +401,7 @@ def test_enough_pythons_found():
     require_enough_pythons(PYTHONS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version,exe", PYTHONS, ids=[v for v, _ in PYTHONS])
 def test_prepare_and_verify(prepared, version, exe):
     dest, info = prepared(exe)
@@ -408,6 +426,7 @@ def other_version_python():
     return next(((v, exe) for v, exe in PYTHONS if v != running), None)
 
 
+@pytest.mark.slow
 def test_verify_checks_the_sets_own_extension(prepared):
     other = other_version_python()
     support.require(other, "no pyenv Python of a version other than the running one")
@@ -436,6 +455,7 @@ def broken(prepared, tmp_path):
     return str(copy)
 
 
+@pytest.mark.slow
 def test_original_soname_is_caught(broken):
     clone = os.path.join(broken, "clone-01")
     record = record_of(broken, "clone-01")
@@ -448,14 +468,16 @@ def test_original_soname_is_caught(broken):
     assert tag_values(readelf_dynamic(record.libpython), "SONAME") == [original]
     refresh_manifest(clone)
 
+    # The copy's own soname no longer is the one its manifest names: caught before loading.
     code, report = verify_json(broken)
     assert code == 1 and report["ok"] is False
-    assert check(report, "files_intact")["ok"] is True
-    sonames = check(report, "distinct_sonames")
-    assert sonames["ok"] is False
-    assert "[1]" in sonames["detail"] and original in sonames["detail"], sonames["detail"]
+    intact = check(report, "files_intact")
+    assert intact["ok"] is False
+    assert "clone 1" in intact["detail"] and original in intact["detail"], intact["detail"]
+    assert "independent_initialisation" not in {c["name"] for c in report["checks"]}
 
 
+@pytest.mark.slow
 def test_unbound_extension_copy_is_caught(broken):
     record = record_of(broken, "clone-01")
     source = host_extension("_decimal")
@@ -465,7 +487,7 @@ def test_unbound_extension_copy_is_caught(broken):
     os.makedirs(twin_dir)
     twin = os.path.join(twin_dir, base)
     shutil.copyfile(source, twin)  # an unmodified copy: no DT_NEEDED on the clone
-    src, tgt = os.stat(source), os.stat(twin)
+    src = os.stat(source)
     store.write_json_atomic(
         os.path.join(twin_dir, extensions.TWIN_FILE),
         {
@@ -473,10 +495,16 @@ def test_unbound_extension_copy_is_caught(broken):
             "source_size": src.st_size,
             "source_mtime_ns": src.st_mtime_ns,
             "sha256": store.sha256_file(twin),
-            "stamp": [tgt.st_size, tgt.st_mtime_ns, tgt.st_ctime_ns, tgt.st_ino],
         },
     )
+    assert extensions.TwinFactory(record).twin_for(source) == twin
+    assert store.sha256_file(twin) != store.sha256_file(source), "an unlisted copy was accepted"
+    shutil.copyfile(source, twin)  # planted again, and listed in the manifest (an attacker-grade edit)
+    rel = os.path.relpath(twin_dir, record.directory)
+    with integrity.ext_lock(record.directory):
+        integrity.list_in_manifest(record.directory, rel + "/", [f"{rel}/{base}", f"{rel}/{extensions.TWIN_FILE}"])
     assert extensions.TwinFactory(record).twin_for(source) == twin  # accepted as current
+    assert store.sha256_file(twin) == store.sha256_file(source)
 
     code, report = verify_json(broken)
     assert code == 1 and report["ok"] is False
@@ -486,6 +514,7 @@ def test_unbound_extension_copy_is_caught(broken):
     assert "extension_state_isolation" not in {c["name"] for c in report["checks"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["append", "truncate"])
 def test_damaged_libpython_is_caught_and_rebuilt(broken, damage):
     record = record_of(broken, "clone-00")
@@ -514,6 +543,7 @@ def test_damaged_libpython_is_caught_and_rebuilt(broken, damage):
 # -- 5. prepare under concurrency, SIGKILL and bad input -------------------------------------
 
 
+@pytest.mark.slow
 def test_concurrent_prepares_share_one_set(tmp_path):
     dest = tmp_path / "set"
     cmd = [sys.executable, "-m", "gilclone", "prepare", "--count", "4", "--dest", str(dest), "--json"]
@@ -557,6 +587,7 @@ def assert_complete_clones_only(dest):
         assert problem is None, f"{name}: {problem}"
 
 
+@pytest.mark.slow
 def test_killed_prepare_leaves_only_complete_clones(tmp_path):
     dest = tmp_path / "set"
     stages = [
@@ -614,6 +645,7 @@ def test_missing_python(tmp_path):
     one_line_error(out, str(tmp_path / "nope"))
 
 
+@pytest.mark.slow
 def test_dest_holding_another_pythons_set(tmp_path, prepared):
     fake = tmp_path / "fake"
     fake.mkdir()
@@ -660,6 +692,7 @@ os._exit(0)
 """
 
 
+@pytest.mark.slow
 def test_two_sets_of_one_python_in_one_process(prepared, tmp_path):
     dest, _ = prepared(sys.executable)
     second = tmp_path / "second"
@@ -675,9 +708,39 @@ def test_two_sets_of_one_python_in_one_process(prepared, tmp_path):
     assert run.stdout.strip().splitlines()[-1] == "['21', '22']"
 
 
+@pytest.mark.slow
 def test_clone_without_manifest_is_reported_not_dropped(broken):
     os.remove(os.path.join(broken, "clone-01", "manifest.json"))
     code, report = verify_json(broken)
     assert code == 1 and report["ok"] is False
     intact = check(report, "files_intact")
     assert intact["ok"] is False and "clone-01" in intact["detail"], intact["detail"]
+
+
+ONE_GIL_SCRIPT = """
+import json, sys
+from gilclone.cloner import store, verify_child
+
+verify_child.HOLD_SECONDS = 2
+cset = store.load_set(sys.argv[1])
+verifier = verify_child.Verifier(cset)
+verifier.clones[0].open()
+verifier.clones[1].open()
+two = verifier.parallel_gils()
+verifier.clones = [verifier.clones[0], verifier.clones[0]]  # one interpreter, so one GIL
+one = verifier.parallel_gils()
+print(json.dumps([two, one]))
+"""
+
+
+@pytest.mark.slow
+def test_parallel_gils_check_fails_when_both_sides_share_one_gil(prepared):
+    """verify proves separate GILs by behaviour (one clone runs while the other holds its
+    GIL), so a loaded machine cannot fail it, and a shared GIL cannot pass it."""
+    root, _ = prepared(sys.executable)
+    out = subprocess.run([sys.executable, "-c", ONE_GIL_SCRIPT, root], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    (two_ok, two_detail), (one_ok, one_detail) = json.loads(out.stdout.strip().splitlines()[-1])
+    assert two_ok and "released" in two_detail, two_detail
+    assert not one_ok and "timed out" in one_detail, one_detail

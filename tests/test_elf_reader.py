@@ -13,6 +13,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import sysconfig
 from typing import NamedTuple, Optional, Tuple
 
@@ -31,6 +32,7 @@ from support import pythons
 from gilclone.errors import BinaryFormatError
 
 PYTHONS = pythons.pyenv_pythons()
+HOST = "%d.%d" % sys.version_info[:2]  # the version `make test-fast` runs the per-Python tests on
 DEBIAN_LIBPYTHON = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"
 READELF_OPTIONS = ("-h", "-d", "-r", "--dyn-syms", "-x", ".dynamic", "-W")
 
@@ -323,7 +325,7 @@ def test_enough_pythons():
     pythons.require_enough_pythons(PYTHONS)
 
 
-@pytest.mark.parametrize("version,exe", PYTHONS, ids=[v for v, _ in PYTHONS])
+@pytest.mark.parametrize("version,exe", support.fast_once(PYTHONS, HOST, [v for v, _ in PYTHONS]))
 def test_libpython(readelf, version, exe):
     path = _libpython_of(pythons.prefix_of(exe), version)
     support.require(os.path.exists(path), f"{exe} has no {path}; build it with --enable-shared")
@@ -341,6 +343,7 @@ def test_libpython(readelf, version, exe):
     assert info.facts.self_plt_relocations > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version,exe", PYTHONS, ids=[v for v, _ in PYTHONS])
 def test_lib_dynload_modules(readelf, version, exe):
     directory = _lib_dynload(pythons.prefix_of(exe), version)
@@ -357,7 +360,7 @@ def test_lib_dynload_modules(readelf, version, exe):
     assert problems == []
 
 
-@pytest.mark.parametrize("version,exe", PYTHONS, ids=[v for v, _ in PYTHONS])
+@pytest.mark.parametrize("version,exe", support.fast_once(PYTHONS, HOST, [v for v, _ in PYTHONS]))
 def test_executable(readelf, version, exe):
     info = read_binary(os.path.realpath(exe))
     assert info.kind == KIND_EXECUTABLE
@@ -368,7 +371,7 @@ def test_executable(readelf, version, exe):
         assert info.python_version == version
 
 
-@pytest.mark.parametrize("version,exe", PYTHONS, ids=[v for v, _ in PYTHONS])
+@pytest.mark.parametrize("version,exe", support.fast_once(PYTHONS, HOST, [v for v, _ in PYTHONS]))
 def test_free_dynamic_slots(readelf, version, exe):
     prefix = pythons.prefix_of(exe)
     paths = [os.path.realpath(exe), _libpython_of(prefix, version)]

@@ -7,8 +7,6 @@ written inside functions, which is where a loop used to hide.
 import ast
 import os
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Folder on disk -> package it installs as.
@@ -173,8 +171,22 @@ def test_import_cycle_detection_works():
     assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-@pytest.mark.xfail(reason="doctor/builders loop is being taken apart (#9)", strict=True)
 def test_no_import_cycles_even_inside_functions():
     # A package __init__ importing its own submodules is not a loop worth reporting.
     graph = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in module_graph().items()}
     assert import_cycles(graph) == []
+
+
+def test_the_old_doctor_loop_would_be_seen(tmp_path):
+    # doctor -> builders -> (by importlib name) pe_clone -> (inside a function) doctor.
+    sources = {
+        "gilclone.cloner.doctor": "from gilclone.cloner.builders import builder_for\n",
+        "gilclone.cloner.builders": "import importlib\n_MODULES = {'PE': 'gilclone.cloner.pe_clone'}\n",
+        "gilclone.cloner.pe_clone": "def doctor_findings():\n    from gilclone.cloner.doctor import Finding\n",
+    }
+    graph = {}
+    for module, text in sources.items():
+        path = tmp_path / (module + ".py")
+        path.write_text(text)
+        graph[module] = {t for _, t in imports_of(module, str(path)) if t != module}
+    assert import_cycles(graph) == [sorted(sources)]

@@ -19,6 +19,7 @@ from support import pythons
 from gilclone.errors import GilcloneError, LocateError, PythonVersionError
 
 PYTHONS = pythons.pyenv_pythons()
+HOST = "%d.%d" % sys.version_info[:2]  # the version `make test-fast` runs the per-Python tests on
 DEBIAN_PYTHON = "/usr/bin/python3.11"
 DEBIAN_LIBPYTHON = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"
 
@@ -98,7 +99,7 @@ def test_enough_pythons():
     pythons.require_enough_pythons(PYTHONS)
 
 
-@pytest.mark.parametrize("version,exe", PYTHONS, ids=[v for v, _ in PYTHONS])
+@pytest.mark.parametrize("version,exe", support.fast_once(PYTHONS, HOST, [v for v, _ in PYTHONS]))
 def test_pyenv_python(linux, version, exe):
     truth = ask(exe)
     install = locate(python=exe)

@@ -3,7 +3,8 @@
 import struct
 
 import pytest
-from gilclone.cloner import codesign
+from gilclone.cloner import codesign, macho_commands
+from gilclone.cloner import macho_binds as binds
 from gilclone.cloner import macho_writer as w
 from gilclone.platforms import macho
 from support import macos_wheels as mw
@@ -48,28 +49,28 @@ def test_bind_stream_rewrite_retargets_only_python_flat_binds():
         + b"\x3e" + sym(b"__Py_NoneStruct") + b"\x90"
         + b"\x00\x00"
     )
-    new, changed = w.rewrite_bind_stream(stream, 3, flat_image=False)
+    new, changed = binds.rewrite_bind_stream(stream, 3, flat_image=False)
     assert changed == 2
-    assert w.bind_records(new) == [
+    assert binds.bind_records(new) == [
         (b"_PyList_New", 3), (b"_malloc_flat", -2), (b"_free", 1), (b"__Py_NoneStruct", 3),
     ]
     # A flat image: every other bind becomes an explicit flat lookup.
-    new, _ = w.rewrite_bind_stream(stream, 3, flat_image=True)
-    assert [o for _s, o in w.bind_records(new)] == [3, -2, -2, 3]
+    new, _ = binds.rewrite_bind_stream(stream, 3, flat_image=True)
+    assert [o for _s, o in binds.bind_records(new)] == [3, -2, -2, 3]
     # Nothing to change: the stream comes back byte for byte.
     plain = b"\x72\x10\x11" + sym(b"_free") + b"\x90\x00"
-    assert w.rewrite_bind_stream(plain, 3, flat_image=False) == (plain, 0)
-    assert w.encode_ordinal(20) == b"\x20\x14" and w.encode_ordinal(-2) == b"\x3e"
+    assert binds.rewrite_bind_stream(plain, 3, flat_image=False) == (plain, 0)
+    assert binds.encode_ordinal(20) == b"\x20\x14" and binds.encode_ordinal(-2) == b"\x3e"
 
 
 def test_lazy_stream_is_patched_in_place():
     entry = lambda ordinal, name: b"\x72\x08" + ordinal + b"\x40" + name + b"\0\x90\x00"  # noqa: E731
     stream = entry(b"\x3e", b"_PyErr_Occurred") + entry(b"\x11", b"_strlen") + entry(b"\x3e", b"_foo")
-    new, changed = w.rewrite_lazy_stream(stream, 2, flat_image=False)
+    new, changed = binds.rewrite_lazy_stream(stream, 2, flat_image=False)
     assert changed == 1 and len(new) == len(stream)
-    assert w.bind_records(new, lazy=True) == [(b"_PyErr_Occurred", 2), (b"_strlen", 1), (b"_foo", -2)]
+    assert binds.bind_records(new, lazy=True) == [(b"_PyErr_Occurred", 2), (b"_strlen", 1), (b"_foo", -2)]
     with pytest.raises(RewriteError, match="in place"):
-        w.rewrite_lazy_stream(stream, 16, flat_image=False)
+        binds.rewrite_lazy_stream(stream, 16, flat_image=False)
 
 
 def test_chained_imports_rewrite():
@@ -77,11 +78,11 @@ def test_chained_imports_rewrite():
     imports = struct.pack("<III", 0xFE | (1 << 9), 1 | (18 << 9), 0xFE | (1 << 9))  # format 1
     header_size = 28
     blob = struct.pack("<7I", 0, 0, header_size, header_size + len(imports), 3, 1, 0) + imports + names
-    _fmt, before = w.chained_imports(blob)
+    _fmt, before = binds.chained_imports(blob)
     assert [(o, n) for _a, o, n in before] == [(-2, b"_PyLong_FromLong"), (1, b"_memcpy"), (-2, b"_PyLong_FromLong")]
-    new, changed = w.rewrite_chained_imports(blob, 4, flat_image=False)
+    new, changed = binds.rewrite_chained_imports(blob, 4, flat_image=False)
     assert changed == 2
-    assert [(o, n) for _a, o, n in w.chained_imports(new)[1]] == [
+    assert [(o, n) for _a, o, n in binds.chained_imports(new)[1]] == [
         (4, b"_PyLong_FromLong"), (1, b"_memcpy"), (4, b"_PyLong_FromLong"),
     ]
 
@@ -90,6 +91,7 @@ def test_chained_imports_rewrite():
 # Real files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["numpy-x86_64", "cryptography-abi3"])
 def test_clone_dylib_four_times(tmp_path, key):
     """Stand-ins for libpython: dylibs with an install name, thin and universal."""
@@ -119,6 +121,7 @@ def test_clone_dylib_four_times(tmp_path, key):
         assert len(names) == N_CLONES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", sorted(mw.WHEELS))
 def test_rebind_extensions(tmp_path, key):
     extensions = [p for p in wheel_files(key) if macho.read(p).kind == "extension"]
@@ -180,7 +183,7 @@ def test_signature_catches_a_changed_page(tmp_path):
 def test_too_little_header_padding(tmp_path):
     src = [p for p in wheel_files("numpy-arm64") if p.name.startswith("_sfc64")][0]
     dst = tmp_path / src.name
-    with pytest.raises(w.HeaderPaddingError, match="headerpad_max_install_names") as info:
+    with pytest.raises(macho_commands.HeaderPaddingError, match="headerpad_max_install_names") as info:
         w.rebind_extension(src, dst, "/" + "x" * 40000 + "/libpython3.12.dylib")
     assert str(src) in str(info.value)
     assert not dst.exists() and list(tmp_path.iterdir()) == []

@@ -24,7 +24,15 @@ import subprocess
 import sys
 
 import pytest
-from gilclone.cloner import codesign, macho_clone, store
+from gilclone.cloner import (
+    codesign,
+    integrity,
+    macho_binds,
+    macho_clone,
+    macho_commands,
+    macho_linkedit,
+    store,
+)
 from gilclone.cloner import macho_writer as w
 from gilclone.cloner.extensions import TwinFactory
 from gilclone.platforms import home_macos, macho, probe
@@ -119,7 +127,7 @@ def _standin_slice(image: bytes, install_name: str, names, path: str) -> bytes:
     image = bytearray(image)
     _f, (sl,) = macho.scan(image)
     page = w.PAGE_SIZES.get(sl.arch, 0x1000)
-    image = w._strip_signature(image, sl, page)
+    image = macho_linkedit.strip_signature(image, sl, page)
     _f, (sl,) = macho.scan(image)
     (info,) = sl.find(macho.LC_DYLD_INFO, macho.LC_DYLD_INFO_ONLY)
     off, size = struct.unpack_from(sl.endian + "II", image, info.offset + 40)
@@ -127,10 +135,10 @@ def _standin_slice(image: bytes, install_name: str, names, path: str) -> bytes:
     address = next(t for t in exports.values() if t[0] == 0)[1:]  # flags 0: a regular export
     for name in names:
         exports.setdefault(name, b"\0" + address)
-    image, new_size = w._replace_blob(image, sl, off, size, build_trie(exports), page)
+    image, new_size = macho_linkedit.replace_blob(image, sl, off, size, build_trie(exports), page)
     struct.pack_into(sl.endian + "I", image, info.offset + 44, new_size)
     _f, (sl,) = macho.scan(image)
-    image = w._edit_commands(image, sl, w.SliceEdits(new_id=install_name, fresh_uuid=False), path)
+    image = macho_commands.edit_commands(image, sl, macho_commands.SliceEdits(new_id=install_name, fresh_uuid=False), path)
     return bytes(codesign.sign_slice(image, os.path.basename(install_name), page))
 
 
@@ -185,7 +193,7 @@ def build_home(base, which: str) -> str:
     for ext in extensions:
         data, _fat, slices = macho.scan_path(ext)
         for sl in slices:
-            names.update(n.encode() for n, _o in w.python_binds(data, sl))
+            names.update(n.encode() for n, _o in macho_binds.python_binds(data, sl))
     files, root = _wheel_root(lib_key)
     libpython = os.path.join(home, "lib", f"libpython{SHORT}.dylib")
     make_standin_libpython(os.path.join(root, lib_rel), libpython, libpython, sorted(names))
@@ -215,6 +223,7 @@ def test_trie_round_trip():
     assert sorted(macho.parse_export_trie(trie)) == sorted(n.decode() for n in exports)
 
 
+@pytest.mark.slow
 def test_standin_home_reads_as_a_python(homes):
     for which, home in homes.items():
         install = home_macos.install_from_home(home)
@@ -233,6 +242,7 @@ def test_standin_home_reads_as_a_python(homes):
         codesign.verify_file(lib)
 
 
+@pytest.mark.slow
 def test_home_layouts(tmp_path, homes):
     src = os.path.join(homes["x86_64"], "lib", "libpython3.12.dylib")
     # Framework build: Versions/3.12/Python; the framework root is accepted too.
@@ -312,6 +322,7 @@ def llvm_checked_pages(path, arch) -> int:
     return nslots
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", sorted(HOMES))
 def test_prepare_verify_twins_end_to_end(tmp_path, homes, which):
     home = homes[which]
@@ -385,6 +396,15 @@ def test_prepare_verify_twins_end_to_end(tmp_path, homes, which):
     assert checks["signatures_extension_copies"]["ok"]
 
 
+def relist(record, twin):
+    """List an edited twin in its clone's manifest (an attacker-grade edit), so that the
+    checks behind files_intact get to see it."""
+    rel = os.path.relpath(os.path.dirname(twin), record.directory)
+    with integrity.ext_lock(record.directory):
+        integrity.list_in_manifest(record.directory, rel + "/", [f"{rel}/{os.path.basename(twin)}", f"{rel}/twin.json"])
+
+
+@pytest.mark.slow
 def test_static_checks_catch_damage(tmp_path, homes):
     home = homes["x86_64"]
     dest = str(tmp_path / "set")
@@ -395,6 +415,7 @@ def test_static_checks_catch_damage(tmp_path, homes):
     # A twin bound to the other clone's libpython, and one page changed in another twin.
     w.apply(ext, twins[0], w.MachoEdits(add_dylib=cset.clones[1].libpython, rebind_python=True,
                                         loader_path_base=os.path.dirname(ext)))
+    relist(cset.clones[0], twins[0])
     checks = {n: (ok, d) for n, ok, d in macho_clone.static_checks(cset)}
     assert not checks["extension_copies_bound"][0]
     assert "not bound to the clone" in checks["extension_copies_bound"][1] or "does not load" in \
@@ -403,6 +424,7 @@ def test_static_checks_catch_damage(tmp_path, homes):
     data[5000] ^= 0xFF
     with open(twins[1], "wb") as f:
         f.write(data)
+    relist(cset.clones[1], twins[1])
     checks = {n: (ok, d) for n, ok, d in macho_clone.static_checks(cset)}
     assert not checks["signatures_extension_copies"][0] and "page 1" in checks["signatures_extension_copies"][1]
     # A moved set: its install names no longer say where the clones are.
@@ -416,6 +438,7 @@ def test_static_checks_catch_damage(tmp_path, homes):
 # The twin builder's choices
 
 
+@pytest.mark.slow
 def test_loader_path_base_made_absolute(tmp_path, homes):
     """@loader_path loads and LC_RPATH entries name the original's directory in the copy."""
     site = os.path.join(homes["x86_64"], "lib", "python3.12", "site-packages", "numpy")
@@ -443,6 +466,7 @@ def test_loader_path_base_made_absolute(tmp_path, homes):
     codesign.verify_file(out)
 
 
+@pytest.mark.slow
 def test_twin_of_a_module_that_links_libpython(tmp_path, homes):
     """A module linked against libpython by name: that load is renamed, no second one added."""
     ext = [e for e in _extensions(homes["x86_64"]) if "_sfc64" in e][0]
@@ -523,31 +547,35 @@ def test_load_flags_on_macos(monkeypatch):
 # doctor on macOS, with the real files
 
 
+@pytest.mark.slow
 def test_doctor_macos_findings(homes, tmp_path):
     from gilclone.cloner import doctor
 
     install = home_macos.install_from_home(homes["x86_64"])
-    findings = doctor.diagnose(install, str(tmp_path / "cache"), environ={})
+    deep_cache = "/" + "d" * 5000
+    # The cache asked for (--cache) is what counts, not GILCLONE_CACHE.
+    findings = doctor.diagnose(install, str(tmp_path / "cache"), environ={"GILCLONE_CACHE": deep_cache})
     codes = {f.code: f for f in findings}
     assert "macos-not-run" in codes and "not yet run on a Mac" in codes["macos-not-run"].seen
     assert "macos-flat-extensions" in codes
     assert "macos-header-padding" not in codes and not doctor.has_errors(findings)
-    # A cache directory so deep that the clone's path does not fit the padding of some modules.
-    deep = macho_clone.doctor_findings(install, macho.read(install.libpython), {}, cache_root="/" + "d" * 5000)
+    # A cache directory (--cache) so deep that the clone's path does not fit the padding of some modules.
+    deep = doctor.diagnose(install, deep_cache, environ={})
     deep_codes = {f.code: f for f in deep}
     assert deep_codes["macos-header-padding"].severity == doctor.ERROR
     assert "_sfc64" in deep_codes["macos-header-padding"].seen
     assert deep_codes["macos-libpython-header-padding"].severity == doctor.ERROR
     env = {"DYLD_FORCE_FLAT_NAMESPACE": "1", "DYLD_INSERT_LIBRARIES": "/tmp/x.dylib"}
-    codes = {f.code: f for f in macho_clone.dyld_environment_findings("/usr/bin/python3", env)}
+    codes = {f.code: f for f in doctor.macos.dyld_environment_findings("/usr/bin/python3", env)}
     assert codes["dyld-force-flat-namespace"].severity == doctor.ERROR
     assert codes["dyld-insert-libraries"].severity == doctor.WARNING
     assert codes["dyld-sip-stripped"].severity == doctor.WARNING
     assert "DYLD_FORCE_FLAT_NAMESPACE" in codes["dyld-sip-stripped"].seen
-    codes = {f.code for f in macho_clone.dyld_environment_findings("/opt/homebrew/bin/python3", {})}
+    codes = {f.code for f in doctor.macos.dyld_environment_findings("/opt/homebrew/bin/python3", {})}
     assert codes == set()
 
 
+@pytest.mark.slow
 def test_doctor_rpath_and_static_host(tmp_path, homes):
     from gilclone.cloner import doctor
 
@@ -557,7 +585,7 @@ def test_doctor_rpath_and_static_host(tmp_path, homes):
     odd.parent.mkdir(parents=True)
     w.apply(ext, odd, w.MachoEdits(rename_dylibs={
         "@loader_path/../.dylibs/libscipy_openblas64_.dylib": "@rpath/libscipy_openblas64_.dylib"}))
-    problems = macho_clone.extension_problems(str(odd), "/c/libgc.dylib")
+    problems = doctor.macos.extension_problems(str(odd), "/c/libgc.dylib")
     assert problems["rpath"] == ["@rpath/libscipy_openblas64_.dylib"] and problems["flat_py"] > 0
     (tmp_path / "bin").mkdir()
     install = home_macos.install_from_home(str(tmp_path))

@@ -12,6 +12,7 @@ import struct
 import subprocess
 from typing import Dict, NamedTuple, Tuple
 
+import pefile
 import pytest
 import support
 from gilclone.platforms import binary, pe
@@ -244,7 +245,7 @@ class Embed(NamedTuple):
 _EMBEDS = {}
 
 
-@pytest.fixture(params=VERSIONS, scope="module")
+@pytest.fixture(params=support.fast_once(VERSIONS, VERSIONS[-1]), scope="module")
 def embed(request):
     """One embeddable build with the oracle's view of all its binaries (run once)."""
     version = request.param
@@ -277,6 +278,7 @@ def _exports(embed, name):
 # --- the real files -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_libpython(embed):
     name = f"python{embed.tag}.dll"
     info = pe.read(embed.dir / name)
@@ -303,6 +305,7 @@ def test_stable_abi_forwarder(embed):
     assert info.needed == ()
 
 
+@pytest.mark.slow
 def test_extension_modules(embed):
     pyds = [f for f in embed.files if f.endswith(".pyd")]
     assert len(pyds) > 10
@@ -324,6 +327,7 @@ def test_executable(embed):
     assert info.needed[0].lower() == f"python{embed.tag}.dll"
 
 
+@pytest.mark.slow
 def test_every_binary_matches_llvm(embed):
     """machine, name, imports, delay imports, export count and forwarders of every
     .dll, .pyd and .exe of the build, all compared before failing."""
@@ -342,6 +346,7 @@ def test_every_binary_matches_llvm(embed):
     assert not mismatches, "\n".join(mismatches)
 
 
+@pytest.mark.slow
 def test_facts_of_signed_release_files(embed):
     """The release files are Authenticode-signed and carry a correct CheckSum."""
     for f in (f"python{embed.tag}.dll", "python3.dll", "python.exe", "select.pyd"):
@@ -371,6 +376,22 @@ def sample_bytes():
     """A small real PE image (select.pyd of 3.13) to damage."""
     folder = windows_embed.embed_dir("3.13")
     return (folder / "select.pyd").read_bytes()
+
+
+@pytest.mark.parametrize("tail", [b"", b"\x01", b"\x01\x02", b"\x01\x02\x03", "hole"])
+def test_checksum_matches_pefile(tmp_path, sample_bytes, tail):
+    """The reader sums the file in chunks over its data extents; pefile sums it whole.
+
+    Odd lengths, and a 1 MiB hole before a last byte, must give pefile's answer.
+    """
+    path = tmp_path / "sample.pyd"
+    path.write_bytes(sample_bytes + (b"" if tail == "hole" else tail))
+    if tail == "hole":
+        with open(path, "r+b") as f:
+            f.seek(len(sample_bytes) + (1 << 20) + 1)
+            f.write(b"\x07")
+    want = pefile.PE(str(path), fast_load=True).generate_checksum()
+    assert pe.read(path).facts.computed_checksum == want
 
 
 def _layout(data: bytes):

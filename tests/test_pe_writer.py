@@ -20,7 +20,7 @@ from gilclone.errors import BinaryFormatError, RewriteError
 CLONE = "pyclone00"  # same length as python3XY
 
 
-@pytest.fixture(params=windows_embed.VERSIONS, scope="module")
+@pytest.fixture(params=support.fast_once(windows_embed.VERSIONS, windows_embed.VERSIONS[-1]), scope="module")
 def build(request):
     support.require(shutil.which("llvm-readobj"), "llvm-readobj not installed (the oracle)")
     support.require(shutil.which("llvm-objdump"), "llvm-objdump not installed (the oracle)")
@@ -57,6 +57,7 @@ def _unsigned_with_good_checksum(path):
     assert info.facts.certificate_size == 0
 
 
+@pytest.mark.slow
 def test_rename_libpython(build, tmp_path):
     version, folder = build
     src = folder / f"{_tag(version)}.dll"
@@ -74,6 +75,7 @@ def test_rename_libpython(build, tmp_path):
     assert dst.stat().st_size < src.stat().st_size  # the certificate is gone
 
 
+@pytest.mark.slow
 def test_retarget_every_extension(build, tmp_path):
     version, folder = build
     old = f"{_tag(version)}.dll"
@@ -95,6 +97,7 @@ def test_retarget_every_extension(build, tmp_path):
     _unsigned_with_good_checksum(dst)
 
 
+@pytest.mark.slow
 def test_retarget_longer_names_into_section_padding(build, tmp_path):
     version, folder = build
     src = folder / "_decimal.pyd"
@@ -124,6 +127,7 @@ def test_retarget_shorter_name_in_place(build, tmp_path):
     assert len(after) == len(before) - pe.read(folder / "select.pyd").facts.certificate_size
 
 
+@pytest.mark.slow
 def test_retarget_forwarders(build, tmp_path):
     version, folder = build
     dst = tmp_path / "python3.dll"

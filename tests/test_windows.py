@@ -81,6 +81,7 @@ def cross_sets(tmp_path_factory):
 # -- on Linux ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_install_from_home(version):
     home = windows_embed.embed_dir(version)
@@ -95,6 +96,7 @@ def test_install_from_home(version):
     assert inst.extension_suffix == f".cp{tag}-win_amd64.pyd"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_cross_prepared_set_agrees_with_llvm(version, cross_sets, tmp_path):
     home, dest, out = cross_sets(version)
@@ -146,6 +148,7 @@ def test_cross_prepared_set_agrees_with_llvm(version, cross_sets, tmp_path):
             "checksums_and_signatures"} <= checks
 
 
+@pytest.mark.slow
 def test_static_checks_catch_damage(cross_sets, tmp_path):
     _home, dest, _out = cross_sets("3.12")
     copy = tmp_path / "set"
@@ -157,6 +160,7 @@ def test_static_checks_catch_damage(cross_sets, tmp_path):
     assert checks == {"files_intact": False}  # the manifest lists the ._pth
 
 
+@pytest.mark.slow
 def test_doctor_windows_findings(cross_sets, tmp_path):
     home, dest, _out = cross_sets("3.13")
     cache = tmp_path / "cache"
@@ -164,7 +168,7 @@ def test_doctor_windows_findings(cross_sets, tmp_path):
     shutil.copytree(dest, cache / "b")  # the same names twice: a collision
     os.remove(os.path.splitext(store.load_set(str(cache / "b")).clones[1].libpython)[0] + "._pth")
     inst = install_from_home(str(home))
-    found = doctor.diagnose(inst, str(cache), environ={"GILCLONE_CACHE": str(cache)})
+    found = doctor.diagnose(inst, str(cache), environ={})  # --cache, not GILCLONE_CACHE
     codes = {f.code: f for f in found}
     assert codes["win-dll-name-collision"].severity == "error"
     assert "win-pth-missing" in codes and "clone-01" in codes["win-pth-missing"].seen
@@ -176,12 +180,12 @@ def test_doctor_windows_findings(cross_sets, tmp_path):
     bare = [store.CloneSet(s.root, s.set_id, s.python, tuple(
         store.CloneRecord(c.index, c.directory, c.soname, "PE", c.renames[:1]) for c in s.clones))
         for s in sets]
-    f = pe_clone.abi3_findings(inst, ["x.abi3.pyd"], bare, doctor.Finding)
+    f = doctor.windows.abi3_findings(inst, ["x.abi3.pyd"], bare)
     assert [x.code for x in f] == ["win-abi3-no-python3-dll"]
 
 
 def test_windows_doctor_codes_are_documented():
-    source = (ROOT / "cloner" / "pe_clone.py").read_text()
+    source = (ROOT / "cloner" / "doctor" / "windows.py").read_text()
     codes = set(re.findall(r'Finding\(\s*"([a-z0-9-]+)"', source))
     assert len(codes) == 4
     docs = (ROOT / "docs" / "doctor.md").read_text()
@@ -227,14 +231,43 @@ POOL_SCRIPT = textwrap.dedent('''
                 "twins": {k: twins.get(m.__spec__.origin) for k, m in mods.items()}}
 
 
+    def hold_gil_until_set(flags):
+        """Spin without ever offering this clone's GIL until another clone sets flags[0].
+
+        With one GIL shared by both clones the setter could never run: the spin
+        would time out. Independent GILs let it through whatever the machine's load.
+        """
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(1000.0)
+        try:
+            flags[1] = 1
+            deadline = time.monotonic() + 60
+            while not flags[0]:
+                if time.monotonic() > deadline:
+                    return "timed out"
+            return "released"
+        finally:
+            sys.setswitchinterval(old)
+
+
+    def set_flag(flags):
+        flags[0] = 1
+        return sys._gilclone_index
+
+
     if __name__ == "__main__":
-        from gilclone.pool import ClonePool
+        from gilclone.pool import ClonePool, shared
 
         root, n, tasks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
         t0 = time.perf_counter()
         pool = ClonePool(2, clones=root)
         pool.submit(work, 10).result()
         started = time.perf_counter() - t0
+        # Workers start as work arrives: start the second one and wait until it is up.
+        list(pool.map(time.sleep, [0.1, 0.1]))
+        deadline = time.perf_counter() + 120
+        while len(pool.stats()) < 2 and time.perf_counter() < deadline:
+            time.sleep(0.01)
         probes = [f.result() for f in [pool.submit(probe, 0.4), pool.submit(probe, 0.4)]]
         # python3.dll copies forward to their own clone (no abi3 .pyd in the embed zip).
         forwarding = []
@@ -244,6 +277,12 @@ POOL_SCRIPT = textwrap.dedent('''
             b = ctypes.WinDLL(rec.libpython).Py_IsInitialized
             host = ctypes.pythonapi.Py_IsInitialized
             forwarding.append([ctypes.cast(x, ctypes.c_void_p).value for x in (a, b, host)])
+        flags = bytearray(2)
+        holder = pool.submit(hold_gil_until_set, shared(flags))
+        while not flags[1]:
+            time.sleep(0.01)
+        setter = pool.submit(set_flag, shared(flags))
+        gils = [holder.result(), setter.result()]
         s0 = time.perf_counter()
         expected = [work(n) for _ in range(tasks)]
         serial = time.perf_counter() - s0
@@ -257,7 +296,7 @@ POOL_SCRIPT = textwrap.dedent('''
         pool.shutdown()
         print(json.dumps({"started_s": started, "probes": probes, "serial_s": serial,
                           "parallel_s": parallel, "same": got == expected,
-                          "forwarding": forwarding}))
+                          "forwarding": forwarding, "gils": gils}))
 ''')
 
 
@@ -322,11 +361,12 @@ def test_wine_native_prepare_verify_and_pool(version, wine_pythons):
     assert len(set(twins)) == 6  # each clone its own _decimal, _sqlite3 and _ctypes copy
     for via_stable, direct, host in r["forwarding"]:
         assert via_stable == direct != host
+    # Independent GILs, shown without timing: one clone spins holding its GIL while
+    # the other runs. The speed-up is printed for the record, not asserted (load).
+    assert r["gils"][0] == "released" and r["gils"][1] in (0, 1), r
     speedup = r["serial_s"] / min(r["parallel_s"])
     print(f"{version}: clone pool start {r['started_s']:.3f} s, serial {r['serial_s']:.3f} s, "
           f"2 workers {min(r['parallel_s']):.3f} s, speed-up {speedup:.2f}x")
-    if (os.cpu_count() or 1) >= 2:
-        assert speedup > 1.15, r
 
 
 @pytest.mark.slow

@@ -2,10 +2,12 @@
 
 Exit status: 0 when nothing is an error, 1 when a finding is an error, 2 when
 the interpreter itself cannot be looked at (a GilcloneError, via main).
+With ``--pid`` it reads a running process instead: 1 when that process holds a
+foreign libpython or a library mapped from two paths that is not a clone's copy.
 """
 
 from gilclone.cloner import store
-from gilclone.cloner.doctor import SEVERITIES, diagnose, has_errors
+from gilclone.cloner.doctor import SEVERITIES, diagnose, has_errors, process
 from gilclone.commands.output import print_json
 from gilclone.platforms.locate import locate
 
@@ -19,10 +21,19 @@ def configure_parser(subparsers) -> None:
         metavar="DIR",
         help="clone directory to check (default: $GILCLONE_CACHE or the user cache directory)",
     )
+    p.add_argument(
+        "--pid",
+        type=int,
+        metavar="PID",
+        help="report what a running process has loaded: libpython images (host and clones), "
+        "the libpython each extension module is bound to, libraries mapped twice (Linux)",
+    )
     p.set_defaults(execute=execute)
 
 
 def execute(args) -> int:
+    if args.pid is not None:
+        return execute_pid(args)
     install = locate(args.python)
     findings = diagnose(install, args.cache or store.default_cache_root())
     ok = not has_errors(findings)
@@ -37,6 +48,15 @@ def execute(args) -> int:
     else:
         print(format_report(install, findings))
     return 0 if ok else 1
+
+
+def execute_pid(args) -> int:
+    report = process.inspect_process(args.pid)
+    if args.json:
+        print_json(dict(report.to_json(), ok=not process.has_conflicts(report)))
+    else:
+        print("\n".join(process.summary_lines(report)))
+    return 1 if process.has_conflicts(report) else 0
 
 
 def format_report(install, findings) -> str:

@@ -3,6 +3,7 @@
 import dataclasses
 
 from gilclone.commands.output import print_fields, print_json
+from gilclone.errors import BinaryFormatError, GilcloneError
 from gilclone.platforms.binary import read_binary
 
 
@@ -15,7 +16,7 @@ def configure_parser(subparsers) -> None:
 
 def execute(args) -> int:
     # Read everything first: a bad file fails the command before anything is printed.
-    infos = [read_binary(path) for path in args.paths]
+    infos = [_read(path) for path in args.paths]
     if args.json:
         docs = [info.to_json() for info in infos]
         print_json(docs[0] if len(docs) == 1 else docs)
@@ -25,6 +26,18 @@ def execute(args) -> int:
             print()
         _print_human(info)
     return 0
+
+
+def _read(path):
+    """read_binary, with any failure it did not foresee still one line naming the file."""
+    try:
+        return read_binary(path)
+    except GilcloneError:
+        raise
+    except Exception as exc:  # a reader bug: the user still gets the file and the cause
+        raise BinaryFormatError(
+            path, f"could not be read ({type(exc).__name__}: {exc}); please report this"
+        ) from None
 
 
 def _print_human(info) -> None:

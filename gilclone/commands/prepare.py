@@ -2,9 +2,11 @@
 
 import sys
 
-from gilclone.cloner.prepare import prepare, terminal_progress
+from gilclone.cloner.naming import MAX_CLONES
+from gilclone.cloner.prepare import prepare
 from gilclone.commands.output import print_fields, print_json
-from gilclone.errors import LocateError
+from gilclone.commands.progress import terminal_progress
+from gilclone.errors import CloneError, LocateError
 from gilclone.platforms.home import TARGETS, install_from_home
 
 
@@ -40,6 +42,8 @@ def set_json(cset) -> dict:
 
 
 def execute(args) -> int:
+    if not 1 <= args.count <= MAX_CLONES:
+        raise CloneError(f"--count must be between 1 and {MAX_CLONES}, not {args.count}")
     install = None
     if args.python_home or (args.target and args.target != this_target()):
         if not args.python_home:

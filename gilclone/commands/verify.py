@@ -3,6 +3,7 @@
 from gilclone.cloner.prepare import prepare
 from gilclone.cloner.verify import verify
 from gilclone.commands.output import print_json
+from gilclone.commands.progress import terminal_progress
 
 
 def configure_parser(subparsers) -> None:
@@ -14,7 +15,7 @@ def configure_parser(subparsers) -> None:
 
 
 def execute(args) -> int:
-    root = args.dir or prepare(2).root
+    root = args.dir or prepare(2, progress=terminal_progress).root
     report = verify(root)
     if args.json:
         print_json(report)

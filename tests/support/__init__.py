@@ -25,3 +25,19 @@ def require(condition, reason: str):
     if IN_CI:
         pytest.fail(f"required in CI: {reason}")
     pytest.skip(reason)
+
+
+def fast_once(values, fast, ids=None):
+    """``values`` as pytest params where only those equal to ``fast`` stay in `make test-fast`
+    and the others are marked slow: a test run per Python version is then run once, on the
+    version given, by the fast suite, and on every version by `make test`.
+
+    A value that is a tuple gives several arguments (``("3.11", "/usr/bin/python3.11")``);
+    ``fast`` is compared with the value, or with its first item for a tuple.
+    """
+    params = []
+    for i, value in enumerate(values):
+        args = value if isinstance(value, tuple) else (value,)
+        marks = () if args[0] == fast else (pytest.mark.slow,)
+        params.append(pytest.param(*args, id=ids[i] if ids else None, marks=marks))
+    return params

@@ -103,6 +103,27 @@ def numpy_work(n):
     return (float(numpy.linalg.eigvalsh(sym).sum()), numpy.__file__, getattr(sys, "_gilclone_index", None))
 
 
+def rendezvous(slots, slot, timeout=60.0):
+    """Mark ``slot`` of a shared buffer, then wait until every slot is marked. With as many
+    tasks as slots, none returns unless all run at the same time, each on its own worker;
+    returns this clone's index, or None when the others never came."""
+    import time
+
+    slots[slot] = 1
+    deadline = time.monotonic() + timeout
+    while not all(slots):
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.001)
+    return getattr(sys, "_gilclone_index", None)
+
+
+def numpy_rendezvous(slots, slot):
+    """numpy_work in a task that must meet the pool's other tasks (see rendezvous)."""
+    total, path, _ = numpy_work(slot)
+    return total, path, rendezvous(slots, slot)
+
+
 def extension_file(name):
     import importlib
 

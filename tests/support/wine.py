@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import support
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-# pyproject: package-dir = {"gilclone.cloner" = "cloner", ...}; the root package is gilclone/
+# pyproject: package-dir = {"gilclone.cloner" = "cloner", ...}
 PACKAGES = {"gilclone": "gilclone", "cloner": "gilclone/cloner", "pool": "gilclone/pool",
             "platforms": "gilclone/platforms"}
 DEPENDENCIES = ("pefile", "peutils", "ordlookup", "macholib", "altgraph", "elftools")
