@@ -54,6 +54,9 @@ class _CloneSource:
         self._clones, self._python = clones, python
         self._cset: Optional[store.CloneSet] = None
         self._lock = threading.Lock()
+        # The default cache heals itself (a damaged clone is rebuilt before it is leased);
+        # a given set is only checked, and a damaged clone in it refused (docs/security.md).
+        self.heals = clones is None
         if clones is not None:
             self.get()  # a given set is read now: a wrong one is the caller's error
 
@@ -298,7 +301,7 @@ def _start_worker(state: _PoolState, source: _CloneSource, setup) -> Optional[Wo
     worker = record = None
     try:
         cset = source.get()
-        record = _lease(cset, 1)[0]
+        record = _lease(cset, 1, source.heals)[0]
         worker = WorkerContext(clone_for(record, cset.python), sys_path, main_path, main_name)
         state.records.append(record)
         worker.initialize(initializer, initargs)
@@ -391,9 +394,11 @@ def _chunks(iterator, size):
         yield chunk
 
 
-def _lease(cset: store.CloneSet, count: int) -> List[store.CloneRecord]:
+def _lease(cset: store.CloneSet, count: int, heal: bool) -> List[store.CloneRecord]:
     """Take ``count`` clones of the set that no live pool in this process uses, preparing
-    more when there are too few (``cset`` may be an older reading of a set grown since)."""
+    more when there are too few (``cset`` may be an older reading of a set grown since).
+    ``heal``: check the chosen clones now and rebuild damaged ones (the default cache);
+    otherwise each clone is checked when loaded, and a damaged one is refused."""
     with _lease_lock:
         while True:
             free = [r for r in cset.clones if r.libpython not in _leased]
@@ -401,11 +406,12 @@ def _lease(cset: store.CloneSet, count: int) -> List[store.CloneRecord]:
                 break
             cset = ensure_set(len(cset.clones) + count - len(free), dest=cset.root)
         chosen = free[:count]
-        # A set is checked only up to the count it was found or prepared for: a clone
-        # beyond that is checked now, and rebuilt if damaged, before anyone loads it.
-        cset = ensure_set(max(r.index for r in chosen) + 1, dest=cset.root)
-        current = {r.directory: r for r in cset.clones}
-        chosen = [current[r.directory] for r in chosen]
+        if heal:
+            # A set is checked only up to the count it was found or prepared for: a clone
+            # beyond that is checked now, and rebuilt if damaged, before anyone loads it.
+            cset = ensure_set(max(r.index for r in chosen) + 1, dest=cset.root)
+            current = {r.directory: r for r in cset.clones}
+            chosen = [current[r.directory] for r in chosen]
         _leased.update(r.libpython for r in chosen)
         return chosen
 
