@@ -1,6 +1,7 @@
 """gilclone doctor: each check on constructed facts, then real runs on the interpreters here."""
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -409,10 +410,12 @@ def _fake_windows_set(root, set_id, clone_dll, with_pth=False):
     """A set directory as store.load_set reads it: one PE clone named ``clone_dll``."""
     clone = root / "clone-00"
     clone.mkdir(parents=True)
+    (clone / clone_dll).write_bytes(b"stand-in")  # a manifest must list its libpython copy
+    set_id = hashlib.sha256(set_id.encode()).hexdigest()  # load_set wants a real (64 hex) id
     store.write_json_atomic(str(root / store.SET_FILE), {"set_id": set_id, "python": {"version": "3.12.7"}})
     store.write_json_atomic(str(clone / store.MANIFEST), {
         "index": 0, "soname": clone_dll, "binary_format": "PE",
-        "renames": [["python312.dll", clone_dll]], "files": {},
+        "renames": [["python312.dll", clone_dll]], "files": {clone_dll: store.manifest_entry(str(clone / clone_dll))},
     })
     if with_pth:
         (clone / (os.path.splitext(clone_dll)[0] + "._pth")).write_text("python312.zip\n")
