@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Callable, Dict, Optional
 
-from gilclone.cloner import store
+from gilclone.cloner import pyconfig, store
 from gilclone.cloner.capi import METH_O, CApi, PyMethodDef
 from gilclone.cloner.extensions import TwinFactory
 
@@ -27,7 +27,7 @@ def _bootstrap_source() -> str:
     global _BOOTSTRAP_SOURCE
     if _BOOTSTRAP_SOURCE is None:
         path = os.path.join(os.path.dirname(__file__), "inclone_bootstrap.py")
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             _BOOTSTRAP_SOURCE = f.read()
     return _BOOTSTRAP_SOURCE
 
@@ -46,7 +46,7 @@ class Clone:
 
     def __init__(self, record: store.CloneRecord, python: dict):
         self.record = record
-        self.python = python_for_host(python)
+        self.python = environment_of_this_process(python_for_host(python))
         self.twins = TwinFactory(record)
         self.api: Optional[CApi] = None
         self.handlers: Dict[str, Callable[[str], str]] = {"twin": self.twins.twin_for}
@@ -97,19 +97,15 @@ class Clone:
 
     def _initialise(self, sys_path, argv, run_site: bool) -> None:
         api = self.api
-        api.no_site_flag.value = 1  # site imports extensions; run it after the remapping
-        executable = self.python.get("executable") or ""
-        self._program_name = ctypes.create_unicode_buffer(executable)
-        if os.name == "nt" and os.path.isfile(self._pth_path()):
-            # CPython finds <clone DLL name>._pth next to the DLL; Py_SetPythonHome
-            # (or a path) would make it ignore that file.
-            pass
-        elif executable and os.path.exists(executable):
-            api.Py_SetProgramName(self._program_name)
+        run_site = run_site and not sys.flags.no_site  # `python -S`: no site in clones either
+        if os.name == "nt":
+            self._initialise_legacy()
         else:
-            self._program_name = ctypes.create_unicode_buffer(self.python["base_prefix"])
-            api.Py_SetPythonHome(self._program_name)
-        api.Py_InitializeEx(0)  # 0: leave signal handling to the host
+            executable = self.python.get("executable") or ""
+            home = "" if executable and os.path.exists(executable) else self.python["base_prefix"]
+            settings = pyconfig.host_settings(executable if not home else "", home)
+            minor = int(self.python["version"].split(".")[1])
+            pyconfig.initialize(api.lib, minor, settings)
         fn = api.PyCFunction_NewEx(ctypes.byref(self._method), None, None)
         api.PySys_SetObject(b"_gilclone_host", fn)
         api.Py_DecRef(fn)
@@ -119,13 +115,34 @@ class Clone:
             "sys_path": list(sys_path if sys_path is not None else self.python["sys_path"]),
             "argv": list(argv if argv is not None else [""]),
             "site": run_site,
+            "runtime": pyconfig.runtime_settings(),
+            "guards": os.path.join(os.path.dirname(os.path.abspath(__file__)), "inclone_guards.py"),
         }
         source = _bootstrap_source() + f"\n_gilclone_bootstrap({config!r})\n"
         api.PyRun_SimpleString(source.encode("utf-8"))
         error = self.sys_attr_text("_gilclone_error")
+        if run_site and not error and os.name != "nt":
+            pyconfig.mark_site_imported(api.lib)
         self._main_tstate = api.PyEval_SaveThread()  # release the clone's GIL
         if error:
             raise CloneLoadError(f"clone {self.record.index} failed to start:\n{error}")
+
+    def _initialise_legacy(self) -> None:
+        """Windows: the pre-PyConfig start-up, which finds the clone's ._pth file."""
+        api = self.api
+        api.no_site_flag.value = 1  # site imports extensions; run it after the remapping
+        executable = self.python.get("executable") or ""
+        self._program_name = ctypes.create_unicode_buffer(executable)
+        if os.path.isfile(self._pth_path()):
+            # CPython finds <clone DLL name>._pth next to the DLL; Py_SetPythonHome
+            # (or a path) would make it ignore that file.
+            pass
+        elif executable and os.path.exists(executable):
+            api.Py_SetProgramName(self._program_name)
+        else:
+            self._program_name = ctypes.create_unicode_buffer(self.python["base_prefix"])
+            api.Py_SetPythonHome(self._program_name)
+        api.Py_InitializeEx(0)  # 0: leave signal handling to the host
 
     def _pth_path(self) -> str:
         return os.path.splitext(self.record.libpython)[0] + "._pth"
@@ -241,6 +258,27 @@ def python_for_host(python: dict) -> dict:
         out[key] = host_path(out.get(key))
     for key in ("sys_path", "extension_dirs"):
         out[key] = [host_path(p) for p in out.get(key, ())]
+    return out
+
+
+def environment_of_this_process(python: dict) -> dict:
+    """The set's facts with the environment (executable, prefix, sys.path) of the process
+    that loads it, when that process runs the same base Python.
+
+    A cached set is shared by every virtual environment of one base Python and records
+    the one that prepared it; a clone started from that record would run the other
+    environment's site-packages and .pth files (or fail once it moved). The clone's
+    libpython is the base Python's either way, so the environment is taken from here.
+    """
+    if os.name == "nt" or not sys.executable or not os.path.exists(sys.executable):
+        return python
+    recorded = python.get("base_prefix")
+    if not recorded or os.path.realpath(recorded) != os.path.realpath(sys.base_prefix):
+        return python
+    if "%d.%d" % sys.version_info[:2] != ".".join(str(python.get("version", "")).split(".")[:2]):
+        return python
+    out = dict(python)
+    out.update(executable=sys.executable, prefix=sys.prefix, sys_path=list(sys.path))
     return out
 
 

@@ -48,3 +48,14 @@ class CacheLocationError(CloneError):
 
 class CloneLoadError(GilcloneError):
     """A prepared clone could not be loaded or initialised in this process."""
+
+
+class ProcessWideOperationError(GilcloneError, RuntimeError):
+    """A task in a clone tried something that acts on the whole process (which the host and
+    every other clone share): ending it, forking it, replacing it, taking its signals, or
+    creating a subinterpreter. Raised in the task; the process carries on."""
+
+
+class ProcessWideSignalError(ProcessWideOperationError, ValueError):
+    """Signal handling is the host's: like CPython outside the main thread or main
+    interpreter, it is also a ValueError, which code that tolerates that case catches."""

@@ -1,0 +1,198 @@
+"""Refusals of process-wide operations, installed inside each clone before user code runs.
+
+A clone shares its process with the host and the other clones. What ends,
+duplicates or replaces that process, takes over its signal delivery, or makes a
+subinterpreter (whose fresh import machinery would load extension modules bound
+to the host) would hurt all of them, so inside a clone it raises
+``gilclone.errors.ProcessWideOperationError`` in the task instead.
+
+The bootstrap runs this file's source in a module of its own and calls
+``install``; the host never imports it. Wrappers look the originals up at call
+time so that ``os`` and ``posix`` can both be patched.
+"""
+
+import sys
+
+_WHY_EXIT = "it would end the host process and every clone in it; return or raise instead"
+_WHY_FORK = (
+    "a fork copies the whole process, host and all clones, with their locks held by threads "
+    "that do not exist in the child; use subprocess, or multiprocessing's 'spawn' or "
+    "'forkserver' start method (multiprocessing.get_context('spawn'))"
+)
+_WHY_EXEC = "it would replace the host process and every clone in it; use subprocess instead"
+_WHY_SIGNAL = (
+    "signal dispositions, timers and wake-up fds belong to the whole process and are "
+    "the host's; handle signals in the host"
+)
+_WHY_SELF_SIGNAL = "a signal sent to this process is handled by the host, not by this clone"
+_WHY_SUBINTERP = (
+    "a subinterpreter created inside a clone re-imports extension modules bound to the "
+    "host's libpython and aborts the process; use more clones instead"
+)
+_WHY_CRASH = "it crashes the whole process on purpose"
+_WHY_FAULT = "fatal-error handlers are process-wide signal handlers and belong to the host"
+
+# module -> {function: why}; every call is refused.
+REFUSED = {
+    "os": {
+        "_exit": _WHY_EXIT,
+        "abort": _WHY_EXIT,
+        "fork": _WHY_FORK,
+        "forkpty": _WHY_FORK,
+        "execv": _WHY_EXEC,
+        "execve": _WHY_EXEC,
+    },
+    "_signal": {
+        "signal": _WHY_SIGNAL,
+        "setitimer": _WHY_SIGNAL,
+        "alarm": _WHY_SIGNAL,
+        "set_wakeup_fd": _WHY_SIGNAL,
+        "siginterrupt": _WHY_SIGNAL,
+        "pthread_kill": _WHY_SELF_SIGNAL,
+        "raise_signal": _WHY_SELF_SIGNAL,
+    },
+    "faulthandler": {
+        "enable": _WHY_FAULT,
+        "register": _WHY_FAULT,
+        "_sigsegv": _WHY_CRASH,
+        "_sigabrt": _WHY_CRASH,
+        "_sigfpe": _WHY_CRASH,
+        "_read_null": _WHY_CRASH,
+        "_stack_overflow": _WHY_CRASH,
+        "_fatal_error": _WHY_CRASH,
+        "_fatal_error_c_thread": _WHY_CRASH,
+    },
+    # Extension modules: patched when they are imported (see ``guard_module``).
+    "_xxsubinterpreters": {"create": _WHY_SUBINTERP},
+    "_interpreters": {"create": _WHY_SUBINTERP},
+    "_testcapi": {
+        "run_in_subinterp": _WHY_SUBINTERP,
+        "run_in_subinterp_with_config": _WHY_SUBINTERP,
+        "raise_signal": _WHY_SELF_SIGNAL,
+        "raise_SIGINT_then_send_None": _WHY_SELF_SIGNAL,
+        "fatal_error": _WHY_CRASH,
+        "crash_no_current_thread": _WHY_CRASH,
+    },
+    "_testinternalcapi": {
+        "run_in_subinterp_with_config": _WHY_SUBINTERP,
+        "create_interpreter": _WHY_SUBINTERP,
+    },
+}
+# ``posix`` holds the same functions as ``os``; ``signal`` re-exports ``_signal``'s.
+ALIASES = {"posix": "os", "nt": "os", "signal": "_signal"}
+
+
+def _error(qualname, why):
+    message = f"{qualname}() is refused inside a gilclone clone: {why}"
+    signal_op = qualname.startswith(("signal.", "_signal."))
+    try:
+        from gilclone.errors import ProcessWideOperationError, ProcessWideSignalError
+    except ImportError:  # gilclone not importable here (a bare clone): same meaning
+        return (ValueError if signal_op else RuntimeError)(message)
+    return (ProcessWideSignalError if signal_op else ProcessWideOperationError)(message)
+
+
+def _refusal(qualname, why, original):
+    def refused(*args, **kwargs):
+        raise _error(qualname, why)
+
+    refused.__name__ = getattr(original, "__name__", qualname.rpartition(".")[2])
+    refused.__qualname__ = refused.__name__
+    refused.__doc__ = f"Refused in a gilclone clone: {why}.\n\n{getattr(original, '__doc__', '')}"
+    refused.__wrapped_original__ = original
+    return refused
+
+
+def _self_targets(pid):
+    """Whether ``kill(pid, ...)`` reaches this process (itself, its group, or everyone)."""
+    import os
+
+    return pid in (os.getpid(), 0, -1) or pid == -os.getpgrp()
+
+
+def _guarded_kill(original, name):
+    def kill(pid, sig):
+        if sig != 0 and _self_targets(pid):
+            raise _error(f"os.{name}", _WHY_SELF_SIGNAL)
+        return original(pid, sig)
+
+    kill.__name__ = kill.__qualname__ = name
+    kill.__doc__ = original.__doc__
+    kill.__wrapped_original__ = original
+    return kill
+
+
+def _guarded_killpg(original):
+    def killpg(pgid, sig):
+        import os
+
+        if sig != 0 and pgid in (0, os.getpgrp()):
+            raise _error("os.killpg", _WHY_SELF_SIGNAL)
+        return original(pgid, sig)
+
+    killpg.__name__ = killpg.__qualname__ = "killpg"
+    killpg.__doc__ = original.__doc__
+    killpg.__wrapped_original__ = original
+    return killpg
+
+
+def _guarded_dump_later(original):
+    def dump_traceback_later(timeout, repeat=False, file=sys.stderr, exit=False):  # noqa: A002
+        if exit:
+            raise _error("faulthandler.dump_traceback_later", _WHY_EXIT + " (exit=True)")
+        return original(timeout, repeat, file, exit)
+
+    dump_traceback_later.__doc__ = original.__doc__
+    dump_traceback_later.__wrapped_original__ = original
+    return dump_traceback_later
+
+
+def guard_module(name, module):
+    """Replace the refused functions of ``module`` (imported under ``name``)."""
+    table = REFUSED.get(ALIASES.get(name, name))
+    if table is None:
+        return
+    public = ALIASES.get(name, name)
+    for attr, why in table.items():
+        original = getattr(module, attr, None)
+        if original is None or hasattr(original, "__wrapped_original__"):
+            continue
+        setattr(module, attr, _refusal(f"{public.replace('_signal', 'signal')}.{attr}", why, original))
+    if public == "os":
+        for attr in ("kill",):
+            original = getattr(module, attr, None)
+            if original is not None and not hasattr(original, "__wrapped_original__"):
+                setattr(module, attr, _guarded_kill(original, attr))
+        original = getattr(module, "killpg", None)
+        if original is not None and not hasattr(original, "__wrapped_original__"):
+            module.killpg = _guarded_killpg(original)
+    if public == "faulthandler":
+        original = getattr(module, "dump_traceback_later", None)
+        if original is not None and not hasattr(original, "__wrapped_original__"):
+            module.dump_traceback_later = _guarded_dump_later(original)
+
+
+def install(loader_class):
+    """Guard what is imported now, and every extension module imported from now on."""
+    import importlib
+
+    for name in ("posix", "nt", "os", "_signal", "signal", "faulthandler"):
+        if name in sys.builtin_module_names or name in ("os", "signal"):
+            try:
+                guard_module(name, importlib.import_module(name))
+            except ImportError:
+                continue
+    for name in REFUSED:
+        if name in sys.builtin_module_names and name not in ("os", "_signal", "faulthandler"):
+            guard_module(name, importlib.import_module(name))
+    _guard_later_imports(loader_class)
+
+
+def _guard_later_imports(loader_class):
+    exec_module = loader_class.exec_module
+
+    def guarded_exec_module(self, module):
+        exec_module(self, module)
+        guard_module(module.__name__, module)
+
+    loader_class.exec_module = guarded_exec_module

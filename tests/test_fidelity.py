@@ -1,0 +1,255 @@
+"""A clone behaves as its host's interpreter: process-wide operations are refused, main-script
+classes round-trip, the host's configuration and environment are carried over, threads are
+joined at exit. Scenarios that could end or hang the process run in a child with a timeout."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def run_script(tmp_path, source, *args, python=sys.executable, flags=(), env=None, timeout=240):
+    """Run ``source`` as a main script in a child; return its completed process."""
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(source))
+    child_env = dict(os.environ if env is None else env)
+    return subprocess.run([python, *flags, str(script), *args], capture_output=True, text=True,
+                          timeout=timeout, env=child_env, cwd=str(tmp_path))
+
+
+def last_json(out):
+    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- 1. process-wide operations -------------------------------------------------------
+
+REFUSALS = """
+import json, os, signal, sys
+
+def attempt(op):
+    import faulthandler, multiprocessing, os, signal
+    calls = {
+        "os._exit": lambda: os._exit(3),
+        "os.abort": lambda: os.abort(),
+        "os.fork": lambda: os.fork(),
+        "os.forkpty": lambda: os.forkpty(),
+        "os.execv": lambda: os.execv(sys.executable, [sys.executable, "-c", "pass"]),
+        "os.execl": lambda: os.execl(sys.executable, sys.executable, "-c", "pass"),
+        "os.kill(self)": lambda: os.kill(os.getpid(), signal.SIGINT),
+        "os.kill(group)": lambda: os.kill(0, signal.SIGTERM),
+        "os.killpg": lambda: os.killpg(os.getpgrp(), signal.SIGTERM),
+        "signal.signal": lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        "signal.setitimer": lambda: signal.setitimer(signal.ITIMER_REAL, 0.05),
+        "signal.alarm": lambda: signal.alarm(1),
+        "signal.set_wakeup_fd": lambda: signal.set_wakeup_fd(-1),
+        "signal.siginterrupt": lambda: signal.siginterrupt(signal.SIGINT, True),
+        "signal.pthread_kill": lambda: signal.pthread_kill(threading_ident(), signal.SIGUSR1),
+        "signal.raise_signal": lambda: signal.raise_signal(signal.SIGINT),
+        "faulthandler.enable": lambda: faulthandler.enable(),
+        "faulthandler.dump_traceback_later(exit=True)":
+            lambda: faulthandler.dump_traceback_later(0.05, exit=True),
+        "faulthandler._sigsegv": lambda: faulthandler._sigsegv(),
+        "multiprocessing fork": lambda: fork_process(multiprocessing),
+        "_testcapi.run_in_subinterp": lambda: __import__("_testcapi").run_in_subinterp("pass"),
+        "subinterpreter create": lambda: subinterpreters().create(),
+    }
+    try:
+        calls[op]()
+    except Exception as exc:
+        return [type(exc).__name__, [c.__name__ for c in type(exc).__mro__], str(exc)]
+    return ["ran", [], ""]
+
+def threading_ident():
+    import threading
+    return threading.get_ident()
+
+def fork_process(multiprocessing):
+    p = multiprocessing.get_context("fork").Process(target=print)
+    p.start()
+    p.join()
+
+def subinterpreters():
+    try:
+        import _interpreters as module
+    except ImportError:
+        import _xxsubinterpreters as module
+    return module
+
+def allowed():
+    import os, signal, subprocess, sys, threading
+    import concurrent.futures as cf, multiprocessing
+    out = {}
+    out["subprocess"] = subprocess.run([sys.executable, "-c", "print(6 * 7)"],
+                                       capture_output=True, text=True).stdout.strip()
+    with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        out["spawn pool"] = ex.submit(abs, -5).result()
+    os.kill(os.getpid(), 0)  # signal 0 only checks the process exists
+    out["signal.getsignal"] = str(signal.getsignal(signal.SIGTERM))
+    out["random"] = __import__("random").random() < 1  # imports register_at_fork hooks
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    return out
+
+if __name__ == "__main__":
+    from gilclone.pool import ClonePool
+    ops = sys.argv[1].split(",")
+    with ClonePool(1) as pool:
+        report = {op: pool.submit(attempt, op).result() for op in ops}
+        report["allowed"] = pool.submit(allowed).result()
+    report["host signal"] = str(signal.getsignal(signal.SIGINT))
+    print(json.dumps(report))
+"""
+
+REFUSED_OPS = [
+    "os._exit", "os.abort", "os.fork", "os.forkpty", "os.execv", "os.execl", "os.kill(self)",
+    "os.kill(group)", "os.killpg", "signal.signal", "signal.setitimer", "signal.alarm",
+    "signal.set_wakeup_fd", "signal.siginterrupt", "signal.pthread_kill", "signal.raise_signal",
+    "faulthandler.enable", "faulthandler.dump_traceback_later(exit=True)",
+    "faulthandler._sigsegv", "multiprocessing fork", "_testcapi.run_in_subinterp",
+    "subinterpreter create",
+]
+
+
+@pytest.mark.slow
+def test_process_wide_operations_are_refused_and_the_process_lives(tmp_path):
+    report = last_json(run_script(tmp_path, REFUSALS, ",".join(REFUSED_OPS)))
+    for op in REFUSED_OPS:
+        name, mro, message = report[op]
+        assert "ProcessWideOperationError" in mro and "RuntimeError" in mro, (op, name, message)
+        assert "refused inside a gilclone clone" in message, (op, message)
+    for op in REFUSED_OPS:
+        if op.startswith("signal."):  # like CPython outside the main interpreter: a ValueError
+            assert "ValueError" in report[op][1], op
+    assert "os.fork()" in report["multiprocessing fork"][2]
+    assert "spawn" in report["multiprocessing fork"][2]  # the message names the way out
+    assert "subinterpreter" in report["subinterpreter create"][2]
+    allowed = report["allowed"]
+    assert allowed["subprocess"] == "42"
+    assert allowed["spawn pool"] == 5
+    assert allowed["random"] is True
+    assert report["host signal"] == "<built-in function default_int_handler>"
+
+
+# -- 3. configuration parity ------------------------------------------------------------
+
+CONFIG_TABLE = """
+import json, sys
+
+def table():
+    import locale, sys, warnings
+    flags = {n: getattr(sys.flags, n) for n in dir(sys.flags)
+             if not n.startswith("_") and n not in ("count", "index") and not n.startswith("n_")}
+    ns = {}
+    exec(compile("def f():\\n    'doc'\\n    assert False\\n", "<fidelity>", "exec"), ns)
+    try:
+        ns["f"]()
+        asserts = "stripped"
+    except AssertionError:
+        asserts = "kept"
+    out = {
+        "flags": flags,
+        "xoptions": {k: str(v) for k, v in sys._xoptions.items()},
+        "warnoptions": sys.warnoptions,
+        "warning filters": [[f[0], pattern(f[1]), f[2].__name__, pattern(f[3]), f[4]]
+                            for f in warnings.filters],
+        "debug": __debug__, "docstring": ns["f"].__doc__, "asserts": asserts,
+        "dont_write_bytecode": sys.dont_write_bytecode,
+        "pycache_prefix": getattr(sys, "pycache_prefix", None),
+        "fs encoding": [sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()],
+        "preferred encoding": locale.getpreferredencoding(False),
+        "stdio": [[s.encoding, s.errors] for s in (sys.__stdin__, sys.__stdout__, sys.__stderr__)],
+        "recursion limit": sys.getrecursionlimit(),
+        "switch interval": sys.getswitchinterval(),
+        "int max str digits": getattr(sys, "get_int_max_str_digits", lambda: None)(),
+        "prefix": [sys.executable, sys.prefix, sys.exec_prefix, sys.base_prefix],
+        "user site enabled": __import__("site").ENABLE_USER_SITE,
+    }
+    if not sys.flags.hash_randomization or os_env("PYTHONHASHSEED"):
+        out["hash"] = hash("gilclone fidelity")
+    return out
+
+def pattern(p):
+    return str(getattr(p, "pattern", p))
+
+def os_env(name):
+    import os
+    return None if sys.flags.ignore_environment else os.environ.get(name)
+
+if __name__ == "__main__":
+    from gilclone.pool import ClonePool
+    sys.setrecursionlimit(4321)  # changed at run time: clones start with it too
+    sys.setswitchinterval(0.0042)
+    with ClonePool(1) as pool:
+        clone = pool.submit(table).result()
+    print(json.dumps({"host": table(), "clone": clone}))
+"""
+
+COMMAND_LINES = {
+    "plain": ([], {}),
+    "-O": (["-O"], {}),
+    "-OO": (["-OO"], {}),
+    "-X utf8": (["-X", "utf8"], {}),
+    "-X dev": (["-X", "dev"], {}),
+    "-W error": (["-W", "error"], {}),
+    "-B": (["-B"], {}),
+    "-E": (["-E"], {"PYTHONHASHSEED": "0", "PYTHONOPTIMIZE": "1"}),  # both ignored by -E
+    "-I": (["-I"], {}),
+    "PYTHONHASHSEED=0": ([], {"PYTHONHASHSEED": "0"}),
+    "PYTHONHASHSEED=1234 -X warn_default_encoding": (
+        ["-X", "warn_default_encoding", "-W", "ignore::DeprecationWarning"],
+        {"PYTHONHASHSEED": "1234"}),
+}
+
+
+def _venvs():
+    from support import pythons
+
+    return pythons.pyenv_pythons()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version,exe", _venvs(), ids=[v for v, _ in _venvs()])
+def test_clone_starts_with_the_host_configuration(tmp_path, version, exe):
+    from test_pool_versions import _venv_for
+
+    python = _venv_for(version, exe)
+    differences = {}
+    for label, (flags, extra_env) in COMMAND_LINES.items():
+        env = dict(os.environ, **extra_env)
+        for name in ("PYTHONHASHSEED", "PYTHONOPTIMIZE", "PYTHONWARNINGS", "PYTHONDEVMODE",
+                     "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE"):
+            if name not in extra_env:
+                env.pop(name, None)
+        report = last_json(run_script(tmp_path, CONFIG_TABLE, python=python, flags=flags, env=env))
+        host, clone = report["host"], report["clone"]
+        diff = {k: (host[k], clone.get(k)) for k in host if host[k] != clone.get(k)}
+        if diff:
+            differences[label] = diff
+        _check_the_command_line_took_effect(label, host)
+    assert not differences, "\n".join(f"{label}: {json.dumps(d)}" for label, d in differences.items())
+
+
+def _check_the_command_line_took_effect(label, host):
+    """The comparison means something only if the host really runs with the option."""
+    flags = host["flags"]
+    expect = {
+        "-O": flags["optimize"] == 1 and host["asserts"] == "stripped",
+        "-OO": flags["optimize"] == 2 and host["docstring"] is None,
+        "-X utf8": flags["utf8_mode"] == 1,
+        "-X dev": flags["dev_mode"] is True or flags["dev_mode"] == 1,
+        "-W error": host["warnoptions"] == ["error"],
+        "-B": host["dont_write_bytecode"] is True,
+        "-E": flags["ignore_environment"] == 1 and flags["optimize"] == 0,
+        "-I": flags["isolated"] == 1,
+        "PYTHONHASHSEED=0": flags["hash_randomization"] == 0,
+        "plain": flags["no_site"] == 0 and host["recursion limit"] == 4321,
+    }
+    assert expect.get(label, True), (label, host)
