@@ -253,3 +253,68 @@ def _check_the_command_line_took_effect(label, host):
         "plain": flags["no_site"] == 0 and host["recursion limit"] == 4321,
     }
     assert expect.get(label, True), (label, host)
+
+
+# -- 2. classes of the main script -----------------------------------------------------
+
+MAIN_CLASSES = """
+import dataclasses, json, sys
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+class AppError(Exception):
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+def make_point(x):
+    return Point(x, -x)
+
+def fail(code):
+    raise AppError(code)
+
+def outcome(pool):
+    out = {}
+    point = pool.submit(make_point, 3).result()
+    out["result"] = [type(point).__module__, type(point) is Point, dataclasses.astuple(point)]
+    try:
+        pool.submit(fail, 7).result()
+    except AppError as exc:
+        out["error"] = [type(exc).__module__, type(exc) is AppError, exc.code]
+    except Exception as exc:
+        out["error"] = ["not AppError", f"{type(exc).__name__}: {exc}"]
+    out["argument"] = pool.submit(repr, Point(1, 2)).result()
+    return out
+
+if __name__ == "__main__":
+    from gilclone.pool import ClonePool
+    assert "multiprocessing" not in sys.modules  # which would alias __mp_main__ itself
+    with ClonePool(1) as pool:
+        clones = outcome(pool)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        spawn = outcome(pool)
+    print(json.dumps({"clones": clones, "spawn": spawn}))
+"""
+
+
+def _some_versions():
+    from support import pythons
+
+    return [(v, exe) for v, exe in pythons.pyenv_pythons() if v in ("3.8", "3.11", "3.13")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version,exe", _some_versions(), ids=[v for v, _ in _some_versions()])
+def test_main_script_classes_come_back_as_from_a_spawn_pool(tmp_path, version, exe):
+    from test_pool_versions import _venv_for
+
+    report = last_json(run_script(tmp_path, MAIN_CLASSES, python=_venv_for(version, exe)))
+    assert report["spawn"]["result"] == ["__main__", True, [3, -3]]
+    assert report["clones"] == report["spawn"]
+    assert report["clones"]["error"] == ["__main__", True, 7]
+    assert report["clones"]["argument"] == "Point(x=1, y=2)"
