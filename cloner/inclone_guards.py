@@ -196,3 +196,19 @@ def _guard_later_imports(loader_class):
         guard_module(module.__name__, module)
 
     loader_class.exec_module = guarded_exec_module
+
+
+def join_threads():
+    """At host exit: wait for this clone's non-daemon threads, as the host waits for its own
+    (threading._shutdown); threads they start are waited for too."""
+    import threading
+
+    here = threading.current_thread()
+    while True:
+        pending = [t for t in threading.enumerate()
+                   if t is not here and not t.daemon and t.is_alive()
+                   and t is not threading.main_thread()]
+        if not pending:
+            return
+        for thread in pending:
+            thread.join()

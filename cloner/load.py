@@ -6,6 +6,7 @@ that any host thread may enter it (``with clone.entered():`` or the worker's
 libpython copy cannot be unloaded once its extension copies depend on it.
 """
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -94,6 +95,7 @@ class Clone:
             with _INIT_LOCK if os.name == "nt" else contextlib.nullcontext():
                 self._initialise(sys_path, argv, run_site)
             self.initialised = True
+            _join_threads_at_exit()
 
     def _initialise(self, sys_path, argv, run_site: bool) -> None:
         api = self.api
@@ -284,6 +286,32 @@ def environment_of_this_process(python: dict) -> dict:
 
 def _none_address(api: CApi) -> int:
     return ctypes.addressof(ctypes.c_byte.in_dll(api.lib, "_Py_NoneStruct"))
+
+
+_JOIN_AT_EXIT: list = []
+
+
+def _join_threads_at_exit() -> None:
+    """Once per process: at exit, wait for the non-daemon threads that tasks started in
+    clones, after the host's own (atexit runs once threading has joined those)."""
+    with _REGISTRY_LOCK:
+        if not _JOIN_AT_EXIT:
+            _JOIN_AT_EXIT.append(True)
+            atexit.register(join_clone_threads)
+
+
+def join_clone_threads() -> None:
+    for clone in list(_REGISTRY.values()):
+        if not clone.initialised:
+            continue
+        try:
+            clone.run_source(
+                "import sys\n"
+                "if '_gilclone_guards' in sys.modules:\n"
+                "    sys.modules['_gilclone_guards'].join_threads()\n"
+            )
+        except CloneLoadError:
+            pass  # its traceback is on stderr; the other clones still get their turn
 
 
 _REGISTRY: Dict[str, Clone] = {}

@@ -318,3 +318,34 @@ def test_main_script_classes_come_back_as_from_a_spawn_pool(tmp_path, version, e
     assert report["clones"] == report["spawn"]
     assert report["clones"]["error"] == ["__main__", True, 7]
     assert report["clones"]["argument"] == "Point(x=1, y=2)"
+
+
+# -- 5. threads started in clones at host exit ------------------------------------------
+
+THREADS_AT_EXIT = """
+import sys, time
+from gilclone.pool import ClonePool
+
+def start(path, delay, daemon):
+    import threading, time
+    def later():
+        time.sleep(delay)
+        with open(path, "w") as f:
+            f.write("written")
+    threading.Thread(target=later, daemon=daemon).start()
+
+if __name__ == "__main__":
+    pool = ClonePool(2)
+    pool.submit(start, sys.argv[1], 2.0, False).result()  # waited for, like a host thread
+    pool.submit(start, sys.argv[2], 30.0, True).result()  # not waited for
+    print(time.time())
+"""
+
+
+@pytest.mark.slow
+def test_non_daemon_threads_of_clones_are_joined_at_exit(tmp_path):
+    joined, daemon = tmp_path / "joined", tmp_path / "daemon"
+    out = run_script(tmp_path, THREADS_AT_EXIT, str(joined), str(daemon), timeout=25)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert joined.read_text() == "written"
+    assert not daemon.exists()
