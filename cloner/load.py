@@ -300,18 +300,40 @@ def _join_threads_at_exit() -> None:
             atexit.register(join_clone_threads)
 
 
+_JOIN_SOURCE = (
+    b"import sys\n"
+    b"if '_gilclone_guards' in sys.modules:\n"
+    b"    sys.modules['_gilclone_guards'].join_threads()\n"
+)
+_GIL_WAIT_AT_EXIT = 10.0  # seconds; a free clone's GIL is had within a switch interval
+
+
 def join_clone_threads() -> None:
     for clone in list(_REGISTRY.values()):
-        if not clone.initialised:
-            continue
+        if clone.initialised:
+            _join_threads_of(clone)
+
+
+def _join_threads_of(clone: Clone) -> None:
+    """Join in a helper thread: a clone whose GIL is never released (a thread stuck in C)
+    must not hang the exit, so entering it has a time limit; the joining has none."""
+    entered = threading.Event()
+
+    def join() -> None:
+        state = clone.api.PyGILState_Ensure()
+        entered.set()
         try:
-            clone.run_source(
-                "import sys\n"
-                "if '_gilclone_guards' in sys.modules:\n"
-                "    sys.modules['_gilclone_guards'].join_threads()\n"
-            )
-        except CloneLoadError:
-            pass  # its traceback is on stderr; the other clones still get their turn
+            clone.api.PyRun_SimpleString(_JOIN_SOURCE)
+        finally:
+            clone.api.PyGILState_Release(state)
+
+    joiner = threading.Thread(target=join, name=f"gilclone-exit-join-{clone.index}", daemon=True)
+    joiner.start()
+    if entered.wait(_GIL_WAIT_AT_EXIT):
+        joiner.join()
+    else:
+        print(f"gilclone: clone {clone.index} is busy at exit; its threads are not waited for",
+              file=sys.stderr)
 
 
 _REGISTRY: Dict[str, Clone] = {}

