@@ -12,7 +12,7 @@ import ctypes
 import os
 import sys
 import threading
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from gilclone.cloner import pyconfig, store
 from gilclone.cloner.capi import METH_O, CApi, PyMethodDef
@@ -282,6 +282,23 @@ def environment_of_this_process(python: dict) -> dict:
     out = dict(python)
     out.update(executable=sys.executable, prefix=sys.prefix, sys_path=list(sys.path))
     return out
+
+
+def environment_check(python: dict) -> Tuple[bool, str]:
+    """Whether clones of a set recorded as ``python`` would run this process's environment
+    (for ``verify``): they do unless this process runs another base Python."""
+    used = environment_of_this_process(python)
+    here = os.path.realpath(sys.prefix)
+    if os.name != "nt" and os.path.realpath(used.get("prefix") or "") != here:
+        return False, (
+            f"this process runs {sys.executable} (base {sys.base_prefix}), the set was prepared "
+            f"from {python.get('executable')} (base {python.get('base_prefix')}); its clones "
+            "would run that environment; prepare a set from this Python"
+        )
+    return True, (
+        f"clones run this process's environment ({sys.prefix}); the set was prepared from "
+        f"{python.get('executable')}"
+    )
 
 
 def _none_address(api: CApi) -> int:

@@ -434,3 +434,20 @@ def test_each_environment_runs_its_own_code_in_a_shared_cached_set(tmp_path):
     assert where(second)["clone"] == b["clone"]
     sets = [d for d in os.listdir(tmp_path / "cache") if (tmp_path / "cache" / d).is_dir()]
     assert len(sets) == 1  # one shared set: the libpython copies are the same for both
+
+
+def test_verify_reports_a_set_recorded_from_another_base_python():
+    from gilclone.cloner.load import environment_check, environment_of_this_process
+
+    here = {"version": "%d.%d.0" % sys.version_info[:2], "base_prefix": sys.base_prefix,
+            "executable": "/elsewhere/venv/bin/python", "prefix": "/elsewhere/venv",
+            "sys_path": ["/elsewhere/venv/lib/site-packages"]}
+    used = environment_of_this_process(here)
+    assert (used["executable"], used["prefix"], used["sys_path"]) == (
+        sys.executable, sys.prefix, sys.path)
+    ok, detail = environment_check(here)
+    assert ok and sys.prefix in detail
+    other = dict(here, base_prefix="/opt/another-python-3")
+    assert environment_of_this_process(other) == other
+    ok, detail = environment_check(other)
+    assert not ok and "/opt/another-python-3" in detail and "prepare a set" in detail
