@@ -93,7 +93,7 @@ def _install(config):
         site.main()
     sys.path[:] = config["sys_path"]
     _take_runtime_settings(config["runtime"])
-    _install_guards(config["guards"], ExtensionFileLoader)
+    _install_guards(config["guards"], ExtensionFileLoader, config["libpython"])
 
 
 def _take_runtime_settings(runtime):
@@ -106,7 +106,7 @@ def _take_runtime_settings(runtime):
         sys.set_int_max_str_digits(runtime["int_max_str_digits"])
 
 
-def _install_guards(path, loader_class):
+def _install_guards(path, loader_class, libpython):
     """Refuse process-wide operations (cloner/inclone_guards.py) before user code runs."""
     import sys
 
@@ -117,3 +117,4 @@ def _install_guards(path, loader_class):
     exec(compile(source, path, "exec"), module.__dict__)
     sys.modules[module.__name__] = module
     module.install(loader_class)
+    module.own_pythonapi(libpython)

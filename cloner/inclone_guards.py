@@ -96,11 +96,20 @@ def _refusal(qualname, why, original):
     def refused(*args, **kwargs):
         raise _error(qualname, why)
 
-    refused.__name__ = getattr(original, "__name__", qualname.rpartition(".")[2])
-    refused.__qualname__ = refused.__name__
+    _like(refused, original)
     refused.__doc__ = f"Refused in a gilclone clone: {why}.\n\n{getattr(original, '__doc__', '')}"
-    refused.__wrapped_original__ = original
     return refused
+
+
+def _like(wrapper, original):
+    """Name the wrapper as the original (code checks ``fn.__module__``, ``__name__``)."""
+    name = getattr(original, "__name__", None)
+    if name:
+        wrapper.__name__ = wrapper.__qualname__ = name
+    module = getattr(original, "__module__", None)
+    wrapper.__module__ = {"_signal": "signal", "posix": "os", "nt": "os"}.get(module, module)
+    wrapper.__doc__ = getattr(original, "__doc__", None)
+    wrapper.__wrapped_original__ = original
 
 
 def _self_targets(pid):
@@ -116,9 +125,7 @@ def _guarded_kill(original, name):
             raise _error(f"os.{name}", _WHY_SELF_SIGNAL)
         return original(pid, sig)
 
-    kill.__name__ = kill.__qualname__ = name
-    kill.__doc__ = original.__doc__
-    kill.__wrapped_original__ = original
+    _like(kill, original)
     return kill
 
 
@@ -130,10 +137,40 @@ def _guarded_killpg(original):
             raise _error("os.killpg", _WHY_SELF_SIGNAL)
         return original(pgid, sig)
 
-    killpg.__name__ = killpg.__qualname__ = "killpg"
-    killpg.__doc__ = original.__doc__
-    killpg.__wrapped_original__ = original
+    _like(killpg, original)
     return killpg
+
+
+def _pidfd_target(fd):
+    """The pid a pidfd (or an fd of a /proc/<pid> directory) refers to, or None."""
+    import os
+
+    try:
+        link = os.readlink(f"/proc/self/fd/{int(fd)}")
+        if link.startswith("/proc/") and link[6:].isdigit():
+            return int(link[6:])
+    except (OSError, ValueError, TypeError):
+        pass
+    try:
+        with open(f"/proc/self/fdinfo/{int(fd)}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, TypeError):
+        return None
+    return None
+
+
+def _guarded_pidfd_send_signal(original):
+    def pidfd_send_signal(pidfd, sig, siginfo=None, flags=0):
+        import os
+
+        if sig != 0 and _pidfd_target(pidfd) == os.getpid():
+            raise _error("signal.pidfd_send_signal", _WHY_SELF_SIGNAL)
+        return original(pidfd, sig, siginfo, flags)
+
+    _like(pidfd_send_signal, original)
+    return pidfd_send_signal
 
 
 def _guarded_dump_later(original):
@@ -142,8 +179,7 @@ def _guarded_dump_later(original):
             raise _error("faulthandler.dump_traceback_later", _WHY_EXIT + " (exit=True)")
         return original(timeout, repeat, file, exit)
 
-    dump_traceback_later.__doc__ = original.__doc__
-    dump_traceback_later.__wrapped_original__ = original
+    _like(dump_traceback_later, original)
     return dump_traceback_later
 
 
@@ -166,6 +202,9 @@ def guard_module(name, module):
         original = getattr(module, "killpg", None)
         if original is not None and not hasattr(original, "__wrapped_original__"):
             module.killpg = _guarded_killpg(original)
+    original = getattr(module, "pidfd_send_signal", None)
+    if public == "_signal" and original is not None and not hasattr(original, "__wrapped_original__"):
+        module.pidfd_send_signal = _guarded_pidfd_send_signal(original)
     if public == "faulthandler":
         original = getattr(module, "dump_traceback_later", None)
         if original is not None and not hasattr(original, "__wrapped_original__"):
@@ -212,3 +251,44 @@ def join_threads():
             return
         for thread in pending:
             thread.join()
+
+
+def own_pythonapi(libpython):
+    """``ctypes.pythonapi`` in a clone is the clone's libpython, not the host's.
+
+    ctypes makes it with ``PyDLL(None)``: the process's global scope, where the host's
+    libpython is; C-API calls through it from a clone (PyThreadState_SetAsyncExc in
+    test_threading) act on the host's interpreter and crash the process."""
+    if "ctypes" in sys.modules:
+        _point_pythonapi(sys.modules["ctypes"], libpython)
+        return
+    sys.meta_path.insert(0, _CtypesFinder(libpython))
+
+
+def _point_pythonapi(module, libpython):
+    module.pythonapi = module.PyDLL(libpython)
+
+
+class _CtypesFinder:
+    """Finds nothing itself: wraps the loader of ``ctypes`` found by the rest of the path."""
+
+    def __init__(self, libpython):
+        self.libpython = libpython
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "ctypes":
+            return None
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+        libpython = self.libpython
+
+        def exec_and_point(module):
+            exec_module(module)
+            _point_pythonapi(module, libpython)
+
+        spec.loader.exec_module = exec_and_point
+        return spec

@@ -118,6 +118,7 @@ class Clone:
             "argv": list(argv if argv is not None else [""]),
             "site": run_site,
             "runtime": pyconfig.runtime_settings(),
+            "libpython": self.record.libpython,
             "guards": os.path.join(os.path.dirname(os.path.abspath(__file__)), "inclone_guards.py"),
         }
         source = _bootstrap_source() + f"\n_gilclone_bootstrap({config!r})\n"

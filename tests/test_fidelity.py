@@ -52,6 +52,8 @@ def attempt(op):
         "signal.siginterrupt": lambda: signal.siginterrupt(signal.SIGINT, True),
         "signal.pthread_kill": lambda: signal.pthread_kill(threading_ident(), signal.SIGUSR1),
         "signal.raise_signal": lambda: signal.raise_signal(signal.SIGINT),
+        "signal.pidfd_send_signal": lambda: signal.pidfd_send_signal(
+            os.open(f"/proc/{os.getpid()}", os.O_DIRECTORY), signal.SIGINT),
         "faulthandler.enable": lambda: faulthandler.enable(),
         "faulthandler.dump_traceback_later(exit=True)":
             lambda: faulthandler.dump_traceback_later(0.05, exit=True),
@@ -93,6 +95,8 @@ def allowed():
     os.kill(os.getpid(), 0)  # signal 0 only checks the process exists
     out["signal.getsignal"] = str(signal.getsignal(signal.SIGTERM))
     out["random"] = __import__("random").random() < 1  # imports register_at_fork hooks
+    import ctypes
+    out["pythonapi"] = ctypes.pythonapi._name
     t = threading.Thread(target=lambda: None)
     t.start()
     t.join()
@@ -112,6 +116,7 @@ REFUSED_OPS = [
     "os._exit", "os.abort", "os.fork", "os.forkpty", "os.execv", "os.execl", "os.kill(self)",
     "os.kill(group)", "os.killpg", "signal.signal", "signal.setitimer", "signal.alarm",
     "signal.set_wakeup_fd", "signal.siginterrupt", "signal.pthread_kill", "signal.raise_signal",
+    "signal.pidfd_send_signal",
     "faulthandler.enable", "faulthandler.dump_traceback_later(exit=True)",
     "faulthandler._sigsegv", "multiprocessing fork", "_testcapi.run_in_subinterp",
     "subinterpreter create",
@@ -135,6 +140,7 @@ def test_process_wide_operations_are_refused_and_the_process_lives(tmp_path):
     assert allowed["subprocess"] == "42"
     assert allowed["spawn pool"] == 5
     assert allowed["random"] is True
+    assert os.path.basename(allowed["pythonapi"]).startswith("libgc")  # the clone's own C API
     assert report["host signal"] == "<built-in function default_int_handler>"
 
 
