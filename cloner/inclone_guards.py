@@ -183,6 +183,24 @@ def _guarded_dump_later(original):
     return dump_traceback_later
 
 
+def _spawnvef(mode, file, args, env, func):
+    """``os.spawn*`` without ``fork``: the same child through ``posix_spawn``."""
+    import os
+
+    search = getattr(func, "__name__", "") in ("execvp", "execvpe")
+    spawn = os.posix_spawnp if search else os.posix_spawn
+    pid = spawn(file, list(args), os.environ if env is None else env)
+    if mode == os.P_NOWAIT:
+        return pid
+    while True:
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSTOPPED(status):
+            continue
+        if os.WIFSIGNALED(status):
+            return -os.WTERMSIG(status)
+        return os.WEXITSTATUS(status)
+
+
 def guard_module(name, module):
     """Replace the refused functions of ``module`` (imported under ``name``)."""
     table = REFUSED.get(ALIASES.get(name, name))
@@ -194,6 +212,8 @@ def guard_module(name, module):
         if original is None or hasattr(original, "__wrapped_original__"):
             continue
         setattr(module, attr, _refusal(f"{public.replace('_signal', 'signal')}.{attr}", why, original))
+    if public == "os" and hasattr(module, "_spawnvef") and hasattr(module, "posix_spawn"):
+        module._spawnvef = _spawnvef  # os.spawn* forked; they keep working in clones
     if public == "os":
         for attr in ("kill",):
             original = getattr(module, attr, None)

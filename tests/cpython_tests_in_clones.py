@@ -85,7 +85,11 @@ def main():
         futures = {name: pool.submit(run_module, name, root) for name in modules}
         report = {name: future.result() for name, future in futures.items()}
     clones_seconds = round(time.time() - started, 1)
-    for entry in report.values():
+    import unittest
+
+    for name, entry in report.items():
+        entry["host_count"] = unittest.defaultTestLoader.loadTestsFromName(
+            f"test.{name}").countTestCases()
         entry["fail_in_host_too"] = host_outcome(entry["failed"], root)
         entry["differences"] = sorted(set(entry["failed"]) - set(entry["fail_in_host_too"]))
     print(json.dumps({"modules": report, "clones_seconds": clones_seconds,

@@ -93,6 +93,8 @@ def allowed():
     with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
         out["spawn pool"] = ex.submit(abs, -5).result()
     os.kill(os.getpid(), 0)  # signal 0 only checks the process exists
+    out["os.spawnv"] = os.spawnv(os.P_WAIT, sys.executable, [sys.executable, "-c", "exit(3)"])
+    out["os.spawnlp"] = os.spawnlp(os.P_WAIT, "sh", "sh", "-c", "exit 4")
     out["signal.getsignal"] = str(signal.getsignal(signal.SIGTERM))
     out["random"] = __import__("random").random() < 1  # imports register_at_fork hooks
     import ctypes
@@ -139,6 +141,7 @@ def test_process_wide_operations_are_refused_and_the_process_lives(tmp_path):
     allowed = report["allowed"]
     assert allowed["subprocess"] == "42"
     assert allowed["spawn pool"] == 5
+    assert (allowed["os.spawnv"], allowed["os.spawnlp"]) == (3, 4)  # posix_spawn, not fork
     assert allowed["random"] is True
     assert os.path.basename(allowed["pythonapi"]).startswith("libgc")  # the clone's own C API
     assert report["host signal"] == "<built-in function default_int_handler>"
@@ -457,3 +460,115 @@ def test_verify_reports_a_set_recorded_from_another_base_python():
     assert environment_of_this_process(other) == other
     ok, detail = environment_check(other)
     assert not ok and "/opt/another-python-3" in detail and "prepare a set" in detail
+
+
+# -- 7. CPython's own test modules in two clones at once -----------------------------------
+
+BROAD_MODULES = [
+    # text
+    "test_string", "test_textwrap", "test_re", "test_difflib", "test_fstring", "test_format",
+    "test_codecs",
+    # data
+    "test_json", "test_csv", "test_collections", "test_dataclasses", "test_enum", "test_heapq",
+    "test_bisect", "test_struct", "test_base64", "test_binascii", "test_hashlib", "test_zlib",
+    "test_operator", "test_functools",
+    # numbers
+    "test_fractions", "test_math", "test_cmath", "test_random",
+    # files and os
+    "test_tempfile", "test_fileinput", "test_glob", "test_filecmp", "test_stat", "test_posixpath",
+    # pickling
+    "test_pickle", "test_copyreg", "test_copy",
+    # threading (test_thread is left out: its fork test reads a pipe that only the forked
+    # child would write, so with fork refused it waits for ever; test_threading is below)
+    "test_threading_local", "test_sched",
+]
+
+HEAVY_MODULES = ["test_signal", "test_threading", "test_os"]
+
+# Tests that need to own the process: they fail in a clone and pass in the host because what
+# they exercise is refused there on purpose (fork, exec, signals, subinterpreters) or needs
+# the SIGINT handling that the host keeps. Every other test gives the host's result.
+_FORK = {
+    "test_re": {"ReTests.test_regression_gh94675"},  # a multiprocessing fork child
+    "test_random": {"TestModule.test_after_fork"},
+    "test_tempfile": {"TestRandomNameSequence.test_process_awareness"},
+    "test_threading": {"ThreadJoinOnShutdown.test_clear_threads_states_after_fork",
+                       "ThreadJoinOnShutdown.test_reinit_tls_after_fork",
+                       "ThreadTests.test_is_alive_after_fork"},
+}
+PROCESS_WIDE_TESTS = {
+    **_FORK,
+    "test_threading": _FORK["test_threading"] | {
+        "InterruptMainTests.test_interrupt_main_mainthread",  # SIGINT handling is the host's
+        "InterruptMainTests.test_interrupt_main_noerror",
+        "InterruptMainTests.test_interrupt_main_subthread",
+        "InterruptMainTests.test_interrupt_main_with_signal_handler",
+        "SubinterpThreadingTests.test_threads_join",  # subinterpreters are refused
+        "SubinterpThreadingTests.test_threads_join_2",
+    },
+    "test_signal": {  # handlers, timers, wake-up fds and signals to itself are the host's
+        "ItimerTest.test_itimer_exc", "ItimerTest.test_itimer_prof",
+        "ItimerTest.test_itimer_real", "ItimerTest.test_itimer_virtual",
+        "ItimerTest.test_setitimer_tiny", "PidfdSignalTest.test_pidfd_send_signal",
+        "PosixTests.test_getsignal", "PosixTests.test_setting_signal_handler_to_none_raises_error",
+        "RaiseSignalTest.test_handler", "RaiseSignalTest.test_sigint",
+        "StressTest.test_stress_delivery_dependent", "StressTest.test_stress_delivery_simultaneous",
+        "StressTest.test_stress_modifying_handlers", "WakeupFDTests.test_invalid_call",
+        "WakeupFDTests.test_set_wakeup_fd_blocking", "WakeupFDTests.test_set_wakeup_fd_result",
+        "WakeupFDTests.test_set_wakeup_fd_socket_result",
+    },
+    "test_os": {  # exec is refused before the arguments are checked
+        "ExecTests.test_execv_with_bad_arglist", "ExecTests.test_execve_invalid_env",
+        "ExecTests.test_execvpe_with_bad_arglist", "ExecTests.test_execvpe_with_bad_program",
+    },
+}
+
+
+def _unexplained(modules):
+    """Tests failing in a clone and passing in the host that are not process-wide ones."""
+    out = {}
+    for name, entry in modules.items():
+        allowed = PROCESS_WIDE_TESTS.get(name, set())
+        rest = [t for t in entry["differences"] if t.split(".", 2)[2] not in allowed]
+        if rest:
+            out[name] = rest
+    return out
+
+
+def _cpython_report(tmp_path, version, exe, modules, timeout):
+    from test_pool_versions import _venv_for
+
+    python = _venv_for(version, exe)
+    out = subprocess.run([python, os.path.join(HERE, "cpython_tests_in_clones.py"), ",".join(modules)],
+                         capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
+    return last_json(out)
+
+
+def _cpython_versions():
+    from support import pythons
+
+    return [(v, exe) for v, exe in pythons.pyenv_pythons() if v in ("3.11", "3.13")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version,exe", _cpython_versions(), ids=[v for v, _ in _cpython_versions()])
+def test_cpython_test_modules_give_the_host_results_in_two_clones(tmp_path, version, exe):
+    report = _cpython_report(tmp_path, version, exe, BROAD_MODULES, timeout=300)
+    modules = report["modules"]
+    assert {m["where"] for m in modules.values()} == {"clone0", "clone1"}  # both at once
+    assert all(m["run"] == m["host_count"] > 0 for m in modules.values()), modules
+    assert not _unexplained(modules)
+
+
+@pytest.mark.slow
+def test_threading_signal_and_os_tests_run_to_the_end_in_a_clone(tmp_path):
+    """No abort and no hang (the child has a time limit); differences only where named."""
+    version = "%d.%d" % sys.version_info[:2]
+    found = [(v, exe) for v, exe in _cpython_versions() if v == version] or _cpython_versions()[-1:]
+    if not found:
+        pytest.skip("no CPython 3.11 or 3.13 with its test package found")
+    report = _cpython_report(tmp_path, *found[0], HEAVY_MODULES, timeout=400)
+    modules = report["modules"]
+    assert set(modules) == set(HEAVY_MODULES)
+    assert all(m["run"] == m["host_count"] > 0 for m in modules.values()), modules
+    assert not _unexplained(modules)
