@@ -116,7 +116,9 @@ def _self_targets(pid):
     """Whether ``kill(pid, ...)`` reaches this process (itself, its group, or everyone)."""
     import os
 
-    return pid in (os.getpid(), 0, -1) or pid == -os.getpgrp()
+    if pid in (os.getpid(), 0, -1):
+        return True
+    return hasattr(os, "getpgrp") and pid == -os.getpgrp()  # Windows has no process groups
 
 
 def _guarded_kill(original, name):
