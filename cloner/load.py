@@ -290,6 +290,13 @@ def environment_check(python: dict) -> Tuple[bool, str]:
     (for ``verify``): they do unless this process runs another base Python."""
     used = environment_of_this_process(python)
     here = os.path.realpath(sys.prefix)
+    version = ".".join(str(python.get("version", "")).split(".")[:2])
+    if version != "%d.%d" % sys.version_info[:2]:
+        return True, (
+            f"the set is of Python {version}, this process runs {sys.version_info[0]}."
+            f"{sys.version_info[1]}: its clones run the environment it was prepared from "
+            f"({python.get('prefix')}); a pool needs clones of its own version"
+        )
     if os.name != "nt" and os.path.realpath(used.get("prefix") or "") != here:
         return False, (
             f"this process runs {sys.executable} (base {sys.base_prefix}), the set was prepared "
