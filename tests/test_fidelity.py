@@ -231,7 +231,10 @@ def test_clone_starts_with_the_host_configuration(tmp_path, version, exe):
 
     python = _venv_for(version, exe)
     differences = {}
-    for label, (flags, extra_env) in COMMAND_LINES.items():
+    lines = dict(COMMAND_LINES)
+    if tuple(map(int, version.split("."))) >= (3, 11):
+        lines["-P -X int_max_str_digits=1000"] = (["-P", "-X", "int_max_str_digits=1000"], {})
+    for label, (flags, extra_env) in lines.items():
         env = dict(os.environ, **extra_env)
         for name in ("PYTHONHASHSEED", "PYTHONOPTIMIZE", "PYTHONWARNINGS", "PYTHONDEVMODE",
                      "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE"):
@@ -259,6 +262,8 @@ def _check_the_command_line_took_effect(label, host):
         "-E": flags["ignore_environment"] == 1 and flags["optimize"] == 0,
         "-I": flags["isolated"] == 1,
         "PYTHONHASHSEED=0": flags["hash_randomization"] == 0,
+        "-P -X int_max_str_digits=1000": (flags.get("safe_path"), flags.get("int_max_str_digits"))
+        == (True, 1000),
         "plain": flags["no_site"] == 0 and host["recursion limit"] == 4321,
     }
     assert expect.get(label, True), (label, host)
