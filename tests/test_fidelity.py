@@ -569,9 +569,10 @@ def test_cpython_test_modules_give_the_host_results_in_two_clones(tmp_path, vers
 def test_threading_signal_and_os_tests_run_to_the_end_in_a_clone(tmp_path):
     """No abort and no hang (the child has a time limit); differences only where named."""
     version = "%d.%d" % sys.version_info[:2]
+    import support
+
     found = [(v, exe) for v, exe in _cpython_versions() if v == version] or _cpython_versions()[-1:]
-    if not found:
-        pytest.skip("no CPython 3.11 or 3.13 with its test package found")
+    support.require(found, "no pyenv CPython 3.11 or 3.13 found to run its test package in clones")
     report = _cpython_report(tmp_path, *found[0], HEAVY_MODULES, timeout=400)
     modules = report["modules"]
     assert set(modules) == set(HEAVY_MODULES)
