@@ -92,3 +92,29 @@ def _install(config):
 
         site.main()
     sys.path[:] = config["sys_path"]
+    _take_runtime_settings(config["runtime"])
+    _install_guards(config["guards"], ExtensionFileLoader, config["libpython"])
+
+
+def _take_runtime_settings(runtime):
+    """The host's settings that are not part of PyConfig (it may have changed them)."""
+    import sys
+
+    sys.setrecursionlimit(runtime["recursion_limit"])
+    sys.setswitchinterval(runtime["switch_interval"])
+    if "int_max_str_digits" in runtime:
+        sys.set_int_max_str_digits(runtime["int_max_str_digits"])
+
+
+def _install_guards(path, loader_class, libpython):
+    """Refuse process-wide operations (cloner/inclone_guards.py) before user code runs."""
+    import sys
+
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    module = type(sys)("_gilclone_guards")
+    module.__file__ = path
+    exec(compile(source, path, "exec"), module.__dict__)
+    sys.modules[module.__name__] = module
+    module.install(loader_class)
+    module.own_pythonapi(libpython)
