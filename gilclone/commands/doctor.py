@@ -4,11 +4,13 @@ Exit status: 0 when nothing is an error, 1 when a finding is an error, 2 when
 the interpreter itself cannot be looked at (a GilcloneError, via main).
 With ``--pid`` it reads a running process instead: 1 when that process holds a
 foreign libpython or a library mapped from two paths that is not a clone's copy.
+With ``--env`` it scans the extension modules of the environment: 1 when a finding is an error.
 """
 
 from gilclone.cloner import store
-from gilclone.cloner.doctor import SEVERITIES, diagnose, has_errors, process
+from gilclone.cloner.doctor import SEVERITIES, diagnose, environment, has_errors, process
 from gilclone.commands.output import print_json
+from gilclone.commands.progress import terminal_progress
 from gilclone.platforms.locate import locate
 
 
@@ -28,12 +30,21 @@ def configure_parser(subparsers) -> None:
         help="report what a running process has loaded: libpython images (host and clones), "
         "the libpython each extension module is bound to, libraries mapped twice (Linux)",
     )
+    p.add_argument(
+        "--env",
+        action="store_true",
+        help="scan every extension module of the interpreter's environment (lib-dynload, "
+        "site-packages) for loader conflicts: foreign libpython, wrong ABI tag, unresolved "
+        "libraries, missing symbol versions, libraries bundled twice, C-API helper libraries (Linux)",
+    )
     p.set_defaults(execute=execute)
 
 
 def execute(args) -> int:
     if args.pid is not None:
         return execute_pid(args)
+    if args.env:
+        return execute_env(args)
     install = locate(args.python)
     findings = diagnose(install, args.cache or store.default_cache_root())
     ok = not has_errors(findings)
@@ -57,6 +68,16 @@ def execute_pid(args) -> int:
     else:
         print("\n".join(process.summary_lines(report)))
     return 1 if process.has_conflicts(report) else 0
+
+
+def execute_env(args) -> int:
+    install = locate(args.python)
+    report = environment.scan_environment(install, progress=None if args.json else terminal_progress)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        print("\n".join(environment.summary_lines(report)))
+    return 0 if report.ok else 1
 
 
 def format_report(install, findings) -> str:
