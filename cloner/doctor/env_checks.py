@@ -179,8 +179,9 @@ def capi_library_findings(scan) -> List[Finding]:
         bound = [n for lib in items for n in lib.facts.needed if python_version_from_libname(n)]
         findings.append(EnvFinding(
             "env-capi-library", INFO,
-            f"{len(items)} librar{'y' if len(items) == 1 else 'ies'} of {package} that are not "
-            f"extension modules call the Python C API ({sum(i.facts.python_refs for i in items)} "
+            f"{len(items)} librar{'y' if len(items) == 1 else 'ies'} of {package} that "
+            f"{'is' if len(items) == 1 else 'are'} not an extension module call"
+            f"{'s' if len(items) == 1 else ''} the Python C API ({sum(i.facts.python_refs for i in items)} "
             "undefined Py* symbols)" + (f"; linked to {', '.join(sorted(set(bound)))}" if bound else ""),
             "They are loaded once per process as a dependency of the package's extension "
             "modules and resolve Py* in the global scope, i.e. against the first libpython "

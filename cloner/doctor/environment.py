@@ -28,6 +28,8 @@ from gilclone.platforms.classify import python_version_from_filename
 from gilclone.platforms.elf_deps import DynamicFacts
 from gilclone.platforms.model import PythonInstall
 
+from gilclone.errors import LocateError
+
 Progress = Callable[[int, int, str], None]
 _SHARED_LIBRARY = re.compile(r"\.so(?:\.\d+)*$")
 
@@ -110,6 +112,9 @@ def scan_environment(
     progress: Optional[Progress] = None,
 ) -> EnvReport:
     """Scan ``install``'s extension directories (Linux/ELF) and say what will conflict."""
+    if install.platform != "linux":
+        raise LocateError(f"{install.executable}: scanning a {install.platform} environment is not "
+                          "implemented yet; `doctor --env` reads Linux (ELF) environments")
     start = time.monotonic()
     config = config or resolve.system_config()
     scan = collect(install, config, resolve.file_probe(), progress)
