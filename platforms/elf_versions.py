@@ -42,17 +42,19 @@ def read_versions(path: str) -> VersionFacts:
             if f.read(4) != b"\x7fELF":
                 raise BinaryFormatError(path, "not an ELF file")
             f.seek(0)
-            return _read(path, ELFFile(f))
+            return versions_of(path, ELFFile(f))
     except BinaryFormatError:
         raise
     except Exception as exc:  # pyelftools raises many types on damaged files
         raise BinaryFormatError(path, f"corrupt or truncated ELF file ({type(exc).__name__})") from None
 
 
-def _read(path: str, elf: ELFFile) -> VersionFacts:
+def versions_of(path: str, elf: ELFFile) -> VersionFacts:
+    """The version facts of an open ELFFile (found by section name: pyelftools caches the map)."""
     needs = []
     defines = None
-    for section in elf.iter_sections():
+    sections = (elf.get_section_by_name(n) for n in (".gnu.version_r", ".gnu.version_d"))
+    for section in (s for s in sections if s is not None):
         if isinstance(section, GNUVerNeedSection):
             for verneed, auxes in section.iter_versions():
                 needs += [

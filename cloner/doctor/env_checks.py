@@ -13,9 +13,7 @@ from gilclone.cloner.doctor.bundled import bundled_findings
 from gilclone.cloner.doctor.env_finding import EnvFinding
 from gilclone.cloner.doctor.findings import ERROR, INFO, WARNING, Finding, listed
 from gilclone.platforms.classify import python_version_from_libname
-from gilclone.platforms.elf_versions import VersionFacts, missing_versions, read_versions
-
-from gilclone.errors import BinaryFormatError
+from gilclone.platforms.elf_versions import missing_versions
 
 FILES_SHOWN = 8
 _LIBPYTHON = re.compile(r"^libpython\d+\.\d+")
@@ -116,24 +114,8 @@ def unresolved_findings(scan) -> List[Finding]:
     return findings
 
 
-class _Versions:
-    """Version facts, read once per file."""
-
-    def __init__(self):
-        self._known: Dict[str, object] = {}
-
-    def of(self, path: str):
-        if path not in self._known:
-            try:
-                self._known[path] = read_versions(path)
-            except (BinaryFormatError, OSError):
-                self._known[path] = None
-        return self._known[path]
-
-
 def symbol_version_findings(scan) -> List[Finding]:
     """Version needs (GLIBC_2.38, GLIBCXX_3.4.32) the resolved provider does not define."""
-    versions = _Versions()
     checked: Dict[Tuple[str, str, str], Tuple[str, ...]] = {}
     hits = []
     for ext in scan.extensions:
@@ -142,7 +124,7 @@ def symbol_version_findings(scan) -> List[Finding]:
                 continue
             key = (edge.loader, edge.name, edge.path)
             if key not in checked:
-                checked[key] = _missing(versions, edge)
+                checked[key] = _missing(scan.versions, edge)
             if checked[key]:
                 hits.append((ext.package, (ext.path, edge, checked[key])))
     findings = []
@@ -161,12 +143,12 @@ def symbol_version_findings(scan) -> List[Finding]:
     return findings
 
 
-def _missing(versions: _Versions, edge) -> Tuple[str, ...]:
-    needer = versions.of(edge.loader)
+def _missing(versions, edge) -> Tuple[str, ...]:
+    needer = versions(edge.loader)
     if needer is None or not any(n.file == edge.name for n in needer.needs):
         return ()
-    provider = versions.of(edge.path)
-    if not isinstance(provider, VersionFacts):
+    provider = versions(edge.path)
+    if provider is None:
         return ()
     return missing_versions(needer.needs, edge.name, provider)
 

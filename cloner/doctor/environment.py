@@ -9,8 +9,8 @@ does for a dlopen from libpython. The checks (``env_checks``) then read those
 closures: foreign libpython, wrong ABI tags, unresolved names, symbol versions,
 libraries bundled twice, C-API helper libraries.
 
-Each ELF file is parsed once (one ``file_probe`` for the whole scan, version
-facts remembered by path).
+Each ELF file is parsed once: one ``ScanProbe`` for the whole scan reads its
+dynamic facts and symbol versions together and remembers them by path.
 """
 
 import os
@@ -26,6 +26,8 @@ from gilclone.cloner.doctor.scan import scan_files
 from gilclone.platforms import resolve
 from gilclone.platforms.classify import python_version_from_filename
 from gilclone.platforms.elf_deps import DynamicFacts
+from gilclone.platforms.elf_scan import ScanProbe
+from gilclone.platforms.elf_versions import VersionFacts
 from gilclone.platforms.model import PythonInstall
 
 from gilclone.errors import LocateError
@@ -72,6 +74,8 @@ class EnvScan:
     unreadable: Tuple[str, ...]
     capped: bool
     host_loaded: Mapping[str, DynamicFacts] = field(default_factory=dict)  # name -> object
+    # The symbol versions of a file (read with its dynamic facts), None if unreadable.
+    versions: Callable[[str], Optional[VersionFacts]] = lambda path: None
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ def scan_environment(
                           "implemented yet; `doctor --env` reads Linux (ELF) environments")
     start = time.monotonic()
     config = config or resolve.system_config()
-    scan = collect(install, config, resolve.file_probe(), progress)
+    scan = collect(install, config, ScanProbe(), progress)
     findings = env_checks.all_findings(scan)
     findings.sort(key=lambda f: (SEVERITIES.index(f.severity), f.code, getattr(f, "package", "")))
     return EnvReport(
@@ -137,7 +141,7 @@ def scan_environment(
 def collect(
     install: PythonInstall,
     config: resolve.LoaderConfig,
-    probe: resolve.Probe,
+    probe: ScanProbe,
     progress: Optional[Progress] = None,
 ) -> EnvScan:
     dirs = tuple(install.extension_dirs)
@@ -169,7 +173,7 @@ def collect(
         else:
             libraries.append(Library(facts, packages.package_of(path)))
     return EnvScan(install, dirs, tuple(extensions), tuple(libraries), tuple(other),
-                   tuple(unreadable), files.capped, loaded)
+                   tuple(unreadable), files.capped, loaded, probe.versions)
 
 
 def _dlopen_chain(install: PythonInstall, probe: resolve.Probe) -> Tuple[DynamicFacts, ...]:
