@@ -251,6 +251,15 @@ def test_helper_library_calling_the_c_api(host, tmp_path):
     assert found.files == (helper,) and found.severity == "info"
 
 
+def test_progress_is_reported_for_every_file(host, tmp_path):
+    for name in ("a", "b", "c"):
+        build_ext(tmp_path / "site" / name, "mod")
+    seen = []
+    install = dataclasses.replace(host, extension_dirs=(str(tmp_path / "site"),))
+    report = environment.scan_environment(install, progress=lambda done, total, what: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)] and report.extensions == 3
+
+
 def test_non_linux_environment_is_a_clear_error(host):
     with pytest.raises(LocateError, match="not implemented yet"):
         environment.scan_environment(dataclasses.replace(host, platform="windows"))
