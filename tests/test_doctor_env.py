@@ -20,8 +20,9 @@ import pytest
 import support
 from gilclone.cloner.doctor import environment
 from gilclone.cloner.doctor.bundled import family_of
+from gilclone.platforms.home import install_from_home
 from gilclone.platforms.locate import locate
-from support import cbuild, pythons, science_venv
+from support import cbuild, pythons, pywin32_env, science_venv, windows_embed
 
 from gilclone.commands import doctor as doctor_command
 from gilclone.errors import LocateError
@@ -262,7 +263,7 @@ def test_progress_is_reported_for_every_file(host, tmp_path):
 
 def test_non_linux_environment_is_a_clear_error(host):
     with pytest.raises(LocateError, match="not implemented yet"):
-        environment.scan_environment(dataclasses.replace(host, platform="windows"))
+        environment.scan_environment(dataclasses.replace(host, platform="macos"))
 
 
 def test_cli_json_and_exit_status_on_an_environment_with_an_error(tmp_path, monkeypatch, capsys):
@@ -319,3 +320,58 @@ def test_cli_scans_a_real_venv_in_bounded_time(science):
     assert any(f["code"] == "env-bundled-twice" and f["seen"].startswith("OpenBLAS")
                for f in report["findings"])
     assert best < 30, f"scan took {best:.1f} s"  # ~2 s unloaded; the issue's bound is 10 s
+
+
+# -- Windows, statically (embeddable builds, the pywin32 wheel) ------------------------------
+
+
+def windows_home(tmp_path, version="3.11"):
+    """A copy of the embeddable build of ``version`` with an empty Lib/site-packages."""
+    home = tmp_path / "home"
+    shutil.copytree(windows_embed.embed_dir(version), home)
+    (home / "Lib" / "site-packages").mkdir(parents=True)
+    return home
+
+
+def objdump_imports(path):
+    """The oracle for PE imports: binutils' own reader."""
+    objdump = shutil.which("objdump")
+    support.require(objdump, "objdump (binutils) reads PE import tables as the oracle")
+    out = subprocess.run([objdump, "-p", str(path)], capture_output=True, text=True, timeout=TIMEOUT_S)
+    return re.findall(r"DLL Name: (\S+)", out.stdout)
+
+
+def windows_scan(home):
+    return environment.scan_environment(install_from_home("windows", str(home)))
+
+
+def test_windows_module_of_another_version_links_a_foreign_python_dll(tmp_path):
+    home = windows_home(tmp_path)
+    pkg = home / "Lib" / "site-packages" / "foreignpkg"
+    pkg.mkdir()
+    copy = shutil.copy(windows_embed.embed_dir("3.12") / "_socket.pyd", pkg / "_socket.pyd")
+    assert "python312.dll" in objdump_imports(copy)
+    report = windows_scan(home)
+    [found] = codes(report, "env-foreign-libpython")
+    assert found.package == "foreignpkg" and found.files == (str(copy),)
+    assert "python312.dll (not found)" in found.seen
+    assert not codes(report, "env-unresolved")  # the stdlib modules of the home all resolve
+    assert report.extensions > 10
+
+
+def test_windows_dll_directory_of_pywin32_resolves_and_its_absence_does_not(tmp_path):
+    home = windows_home(tmp_path)
+    site = home / "Lib" / "site-packages"
+    unpacked = pywin32_env.wheel_dir("3.11")
+    shutil.copytree(unpacked / "win32", site / "win32")
+    shutil.copytree(unpacked / "pywin32_system32", site / "pywin32_system32")
+    win32api = site / "win32" / "win32api.pyd"
+    assert "pywintypes311.dll" in objdump_imports(win32api)
+    report = windows_scan(home)
+    assert str(win32api) not in [p for f in codes(report, "env-unresolved") for p in f.files]
+    assert any(f.files and str(site / "pywin32_system32" / "pywintypes311.dll") in f.files
+               for f in codes(report, "env-capi-library"))
+    shutil.rmtree(site / "pywin32_system32")  # the DLLs pywin32 adds with os.add_dll_directory
+    unresolved = [f for f in codes(windows_scan(home), "env-unresolved") if str(win32api) in f.files]
+    assert unresolved and "pywintypes311.dll" in unresolved[0].seen
+    assert "DLL load failed" in unresolved[0].why

@@ -21,7 +21,9 @@ from typing import Dict, List, Optional, Set, Tuple
 from gilclone.cloner.doctor.env_finding import EnvFinding
 from gilclone.cloner.doctor.findings import WARNING, Finding
 
-_HASHES = re.compile(r"(?:-[0-9a-f]{8})+$")
+# auditwheel adds "-" and 8 hex digits (twice for a library it bundles again); delvewheel 32.
+_HASHES = re.compile(r"(?:-(?:[0-9a-f]{8}|[0-9a-f]{32}))+$")
+_OTHER_SUFFIX = re.compile(r"\.(?:dll|dylib)$", re.IGNORECASE)
 _SO_VERSION = re.compile(r"\.so((?:\.\d+)*)$")
 _FAMILIES = (
     (re.compile(r"openblas"), "OpenBLAS"),
@@ -41,7 +43,7 @@ class Copy:
 def family_of(filename: str) -> Tuple[str, str]:
     """(library family, version) of a bundled file name."""
     m = _SO_VERSION.search(filename)
-    stem = filename[: m.start()] if m else filename
+    stem = filename[: m.start()] if m else _OTHER_SUFFIX.sub("", filename)
     version = m.group(1).lstrip(".") if m else ""
     stem = _HASHES.sub("", stem)
     for pattern, family in _FAMILIES:

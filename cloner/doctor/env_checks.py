@@ -5,7 +5,6 @@ one broken wheel gives one finding naming all of its files.
 """
 
 import os
-import re
 from collections import defaultdict
 from typing import Dict, List, Tuple
 
@@ -16,7 +15,11 @@ from gilclone.platforms.classify import python_version_from_libname
 from gilclone.platforms.elf_versions import missing_versions
 
 FILES_SHOWN = 8
-_LIBPYTHON = re.compile(r"^libpython\d+\.\d+")
+
+
+def _is_libpython(name: str) -> bool:
+    """libpython3.X.so, python3X.dll, Python.framework/...: not the stable-ABI python3.dll."""
+    return python_version_from_libname(name) not in (None, "abi3")
 
 
 def all_findings(scan) -> List[Finding]:
@@ -45,7 +48,7 @@ def foreign_libpython_findings(scan) -> List[Finding]:
     hits = []
     for ext in scan.extensions:
         for edge in ext.closure.edges:
-            if not _LIBPYTHON.match(edge.name):
+            if not _is_libpython(edge.name):
                 continue
             target = os.path.realpath(edge.path) if edge.path else None
             if host is not None and target == host:
@@ -96,20 +99,25 @@ def unresolved_findings(scan) -> List[Finding]:
     hits = []
     for ext in scan.extensions:
         for edge in ext.closure.missing:
-            if not _LIBPYTHON.match(edge.name):
+            if not _is_libpython(edge.name):
                 needed_by = "" if edge.loader == ext.path else f", needed by {edge.loader}"
                 hits.append((ext.package, (ext.path, f"{edge.name}{needed_by}")))
     findings = []
     for package, items in _by_package(hits).items():
         names = sorted({what for _, what in items})
+        windows = scan.install.platform == "windows"
         findings.append(EnvFinding(
             "env-unresolved", ERROR,
-            f"{len({p for p, _ in items})} extension module(s) of {package} need libraries ld.so "
-            f"cannot find: {listed(names)}",
-            "Importing them fails with 'ImportError: ...: cannot open shared object file'.",
-            "Install the system package that provides "
-            + ", ".join(sorted({n.split(",")[0] for n in names})[:3])
-            + f", or reinstall {package} from a wheel that bundles it; `ldd FILE` shows the same",
+            f"{len({p for p, _ in items})} extension module(s) of {package} need libraries the "
+            f"loader cannot find: {listed(names)}",
+            "Importing them fails with " + ("'ImportError: DLL load failed while importing ...: The "
+                                            "specified module could not be found'." if windows else
+                                            "'ImportError: ...: cannot open shared object file'."),
+            "Install what provides " + ", ".join(sorted({n.split(",")[0] for n in names})[:3])
+            + (" (a Windows component or the Visual C++ Redistributable, if it is not a DLL of the "
+               "package)" if windows else " (a system package)")
+            + f", or reinstall {package} from a wheel that bundles it"
+            + ("" if windows else "; `ldd FILE` shows the same"),
             package, tuple(sorted({p for p, _ in items}))))
     return findings
 
@@ -163,8 +171,10 @@ def capi_library_findings(scan) -> List[Finding]:
             "env-capi-library", INFO,
             f"{len(items)} librar{'y' if len(items) == 1 else 'ies'} of {package} that "
             f"{'is' if len(items) == 1 else 'are'} not an extension module call"
-            f"{'s' if len(items) == 1 else ''} the Python C API ({sum(i.facts.python_refs for i in items)} "
-            "undefined Py* symbols)" + (f"; linked to {', '.join(sorted(set(bound)))}" if bound else ""),
+            f"{'s' if len(items) == 1 else ''} the Python C API"
+            + ("" if scan.install.platform == "windows" else
+               f" ({sum(i.facts.python_refs for i in items)} undefined Py* symbols)")
+            + (f"; linked to {', '.join(sorted(set(bound)))}" if bound else ""),
             "They are loaded once per process as a dependency of the package's extension "
             "modules and resolve Py* in the global scope, i.e. against the first libpython "
             "loaded: each gilclone clone needs its own copy, and a foreign libpython in the "

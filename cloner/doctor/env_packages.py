@@ -38,11 +38,12 @@ class PackageIndex:
         owner = self._owner.get(real)
         if owner:
             return owner
-        if any(real.startswith(os.path.join(d, "")) for d in self._stdlib):
-            return "stdlib"
-        top = next((d for d in self._dirs if path.startswith(os.path.join(d, ""))), None)
-        if top is None:
+        tops = [d for d in self._dirs if path.startswith(os.path.join(d, ""))]
+        if not tops:
             return os.path.basename(os.path.dirname(path))
+        top = max(tops, key=len)  # the deepest: site-packages inside a Windows home
+        if os.path.realpath(top) in self._stdlib:
+            return "stdlib"
         first = os.path.relpath(path, top).split(os.sep)[0]
         # numpy.libs/ belongs to numpy; a module at the top is its own package.
         return first[: -len(".libs")] if first.endswith(".libs") else first.split(".")[0]

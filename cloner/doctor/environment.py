@@ -1,39 +1,33 @@
 """``gilclone doctor --env``: loader conflicts among the extension modules of an environment.
 
 Every extension module below the interpreter's extension directories (lib-dynload
-and each site-packages) gets its DT_NEEDED closure resolved with ld.so's rules
-(``platforms.resolve``), as Python's dlopen would load it into this interpreter:
-what the interpreter itself loaded (its executable's closure) is matched by name
-first, and the run paths of libpython and the executable are inherited as ld.so
-does for a dlopen from libpython. The checks (``env_checks``) then read those
-closures: foreign libpython, wrong ABI tags, unresolved names, symbol versions,
-libraries bundled twice, C-API helper libraries.
-
-Each ELF file is parsed once: one ``ScanProbe`` for the whole scan reads its
-dynamic facts and symbol versions together and remembers them by path.
+and each site-packages) gets its dependency closure resolved with the platform
+loader's rules, given by one ``Rules`` per OS (``env_linux``: ld.so through
+``platforms.resolve``; ``env_windows``: the DLL search of a ``.pyd`` import, from
+the files alone). The checks (``env_checks``) then read those closures: foreign
+libpython, wrong ABI tags, unresolved names, symbol versions, libraries bundled
+twice, C-API helper libraries. Each file is read once per scan.
 """
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, List, Mapping, Optional, Tuple
 
-from gilclone.cloner.doctor import env_checks
+from gilclone.cloner.doctor import env_checks, env_linux, env_windows
 from gilclone.cloner.doctor.env_packages import PackageIndex
+from gilclone.cloner.doctor.env_rules import Rules
 from gilclone.cloner.doctor.findings import ERROR, SEVERITIES, Finding
 from gilclone.cloner.doctor.scan import scan_files
 from gilclone.platforms import resolve
 from gilclone.platforms.classify import python_version_from_filename
 from gilclone.platforms.elf_deps import DynamicFacts
-from gilclone.platforms.elf_scan import ScanProbe
 from gilclone.platforms.elf_versions import VersionFacts
 from gilclone.platforms.model import PythonInstall
 
 from gilclone.errors import LocateError
 
 Progress = Callable[[int, int, str], None]
-_SHARED_LIBRARY = re.compile(r"\.so(?:\.\d+)*$")
 
 
 @dataclass(frozen=True)
@@ -115,13 +109,20 @@ def scan_environment(
     config: Optional[resolve.LoaderConfig] = None,
     progress: Optional[Progress] = None,
 ) -> EnvReport:
-    """Scan ``install``'s extension directories (Linux/ELF) and say what will conflict."""
-    if install.platform != "linux":
-        raise LocateError(f"{install.executable}: scanning a {install.platform} environment is not "
-                          "implemented yet; `doctor --env` reads Linux (ELF) environments")
+    """Scan ``install``'s extension directories and say what will conflict.
+
+    Linux environments are read with ld.so's rules (``config``: this machine's by
+    default); Windows and macOS ones (``--target``) statically.
+    """
     start = time.monotonic()
-    config = config or resolve.system_config()
-    scan = collect(install, config, ScanProbe(), progress)
+    if install.platform == "linux":
+        rules = env_linux.rules(install, config or resolve.system_config())
+    elif install.platform == "windows":
+        rules = env_windows.rules(install)
+    else:
+        raise LocateError(f"{install.executable}: scanning a {install.platform} environment is not "
+                          "implemented yet; `doctor --env` reads Linux and Windows environments")
+    scan = collect(install, rules, progress)
     findings = env_checks.all_findings(scan)
     findings.sort(key=lambda f: (SEVERITIES.index(f.severity), f.code, getattr(f, "package", "")))
     return EnvReport(
@@ -138,19 +139,12 @@ def scan_environment(
     )
 
 
-def collect(
-    install: PythonInstall,
-    config: resolve.LoaderConfig,
-    probe: ScanProbe,
-    progress: Optional[Progress] = None,
-) -> EnvScan:
+def collect(install: PythonInstall, rules: Rules, progress: Optional[Progress] = None) -> EnvScan:
     dirs = tuple(install.extension_dirs)
-    suffixes = tuple(s for s in (install.extension_suffix, ".abi3.so") if s)
-    files = scan_files(dirs, lambda name: bool(_SHARED_LIBRARY.search(name)))
-    packages = PackageIndex(dirs, [d for d in dirs if d.rstrip("/").endswith("lib-dynload")])
-    chain = _dlopen_chain(install, probe)
-    loaded = _host_loaded(chain, config, probe)
-    resolver = _loaded_first(loaded)
+    suffixes = rules.suffixes
+    files = scan_files(dirs, rules.wanted)
+    packages = PackageIndex(dirs, rules.stdlib_dirs)
+    probe = rules.probe
     extensions: List[ExtensionClosure] = []
     libraries: List[Library] = []
     other: List[OtherAbi] = []
@@ -168,53 +162,12 @@ def collect(
         if facts is None:
             unreadable.append(path)
         elif name.endswith(suffixes) or facts.python_init:
-            closure = resolve.resolve_closure(facts, config, probe, chain, resolver=resolver)
+            closure = resolve.resolve_closure(facts, rules.config, probe, rules.chain, resolver=rules.resolver)
             extensions.append(ExtensionClosure(path, packages.package_of(path), closure))
         else:
             libraries.append(Library(facts, packages.package_of(path)))
     return EnvScan(install, dirs, tuple(extensions), tuple(libraries), tuple(other),
-                   tuple(unreadable), files.capped, loaded, probe.versions)
-
-
-def _dlopen_chain(install: PythonInstall, probe: resolve.Probe) -> Tuple[DynamicFacts, ...]:
-    """Who dlopens an extension module, nearest first: libpython then the executable
-    (a static host: the executable alone). Their DT_RPATH is inherited."""
-    chain = []
-    if install.linkage == "shared" and install.libpython:
-        chain.append(probe(install.libpython))
-    chain.append(probe(os.path.realpath(install.executable)))
-    return tuple(c for c in chain if c is not None)
-
-
-def _host_loaded(
-    chain: Tuple[DynamicFacts, ...], config: resolve.LoaderConfig, probe: resolve.Probe
-) -> Dict[str, DynamicFacts]:
-    """What is in the process before any import: the executable's closure, by every name
-    ld.so would match (sonames, DT_NEEDED names, paths)."""
-    if not chain:
-        return {}
-    closure = resolve.resolve_closure(chain[-1], config, probe)
-    loaded: Dict[str, DynamicFacts] = {}
-    by_path = closure.by_path()
-    for edge in closure.edges:
-        if edge.path:
-            loaded[edge.name] = by_path[edge.path]
-    for obj in closure.objects[1:]:
-        if obj.soname:
-            loaded[obj.soname] = obj
-    return loaded
-
-
-def _loaded_first(loaded: Mapping[str, DynamicFacts]):
-    """ld.so's resolution, but a name already loaded in the process is that object."""
-
-    def resolver(name, loader, chain, config, probe):
-        obj = loaded.get(name)
-        if obj is not None:
-            return obj, "loaded"
-        return resolve.resolve_needed(name, loader, chain, config, probe)
-
-    return resolver
+                   tuple(unreadable), files.capped, rules.host_loaded, rules.versions)
 
 
 def summary_lines(report: EnvReport) -> List[str]:

@@ -10,7 +10,10 @@ With ``--env`` it scans the extension modules of the environment: 1 when a findi
 from gilclone.cloner import store
 from gilclone.cloner.doctor import SEVERITIES, diagnose, environment, has_errors, process
 from gilclone.commands.output import print_json
+from gilclone.commands.prepare import this_target
 from gilclone.commands.progress import terminal_progress
+from gilclone.errors import LocateError
+from gilclone.platforms.home import TARGETS, install_from_home
 from gilclone.platforms.locate import locate
 
 
@@ -37,6 +40,11 @@ def configure_parser(subparsers) -> None:
         "site-packages) for loader conflicts: foreign libpython, wrong ABI tag, unresolved "
         "libraries, missing symbol versions, libraries bundled twice, C-API helper libraries (Linux)",
     )
+    p.add_argument("--target", choices=TARGETS,
+                   help="with --env: operating system of the environment (default: this one); "
+                   "another one needs --python-home")
+    p.add_argument("--python-home", metavar="DIR",
+                   help="with --env: installation directory of a Python for --target windows|macos")
     p.set_defaults(execute=execute)
 
 
@@ -71,7 +79,12 @@ def execute_pid(args) -> int:
 
 
 def execute_env(args) -> int:
-    install = locate(args.python)
+    if args.python_home or (args.target and args.target != this_target()):
+        if not args.python_home:
+            raise LocateError(f"--target {args.target} needs --python-home DIR: that Python cannot run here")
+        install = install_from_home(args.target or this_target(), args.python_home)
+    else:
+        install = locate(args.python)
     report = environment.scan_environment(install, progress=None if args.json else terminal_progress)
     if args.json:
         print_json(report.to_json())
