@@ -18,11 +18,12 @@ import time
 
 import pytest
 import support
+from gilclone.cloner import macho_writer
 from gilclone.cloner.doctor import environment
 from gilclone.cloner.doctor.bundled import family_of
 from gilclone.platforms.home import install_from_home
 from gilclone.platforms.locate import locate
-from support import cbuild, pythons, pywin32_env, science_venv, windows_embed
+from support import cbuild, macos_wheels, pythons, pywin32_env, science_venv, windows_embed
 
 from gilclone.commands import doctor as doctor_command
 from gilclone.errors import LocateError
@@ -261,9 +262,9 @@ def test_progress_is_reported_for_every_file(host, tmp_path):
     assert seen == [(1, 3), (2, 3), (3, 3)] and report.extensions == 3
 
 
-def test_non_linux_environment_is_a_clear_error(host):
-    with pytest.raises(LocateError, match="not implemented yet"):
-        environment.scan_environment(dataclasses.replace(host, platform="macos"))
+def test_environment_of_an_unknown_os_is_a_clear_error(host):
+    with pytest.raises(LocateError, match="not implemented"):
+        environment.scan_environment(dataclasses.replace(host, platform="freebsd"))
 
 
 def test_cli_json_and_exit_status_on_an_environment_with_an_error(tmp_path, monkeypatch, capsys):
@@ -375,3 +376,50 @@ def test_windows_dll_directory_of_pywin32_resolves_and_its_absence_does_not(tmp_
     unresolved = [f for f in codes(windows_scan(home), "env-unresolved") if str(win32api) in f.files]
     assert unresolved and "pywintypes311.dll" in unresolved[0].seen
     assert "DLL load failed" in unresolved[0].why
+
+
+# -- macOS, statically (wheels from PyPI, a home with no libpython: a static host) ---------------
+
+FRAMEWORK_311 = "/Library/Frameworks/Python.framework/Versions/3.11/Python"
+
+
+def macos_home(tmp_path):
+    """A 3.12 home holding the x86_64 numpy wheel (delocated .dylibs, @loader_path loads)."""
+    files = macos_wheels.binaries("numpy-x86_64")
+    numpy_dir = next(p for p in files[0].parents if p.name == "numpy")
+    home = tmp_path / "home"
+    site = home / "lib" / "python3.12" / "site-packages"
+    shutil.copytree(numpy_dir, site / "numpy")
+    (home / "include" / "python3.12").mkdir(parents=True)
+    (home / "include" / "python3.12" / "patchlevel.h").write_text('#define PY_VERSION "3.12.7"\n')
+    return home, site
+
+
+def macos_scan(home):
+    return environment.scan_environment(install_from_home("macos", str(home)))
+
+
+def otool_libraries(path):
+    return macos_wheels.parse_otool_libraries(macos_wheels.run_tool(macos_wheels.OTOOL, "-L", path))
+
+
+def test_macos_module_linked_to_a_framework_python_is_foreign(tmp_path):
+    home, site = macos_home(tmp_path)
+    report = macos_scan(home)
+    assert report.extensions > 10 and report.ok, report.findings  # delocated numpy resolves
+    source = next((site / "numpy" / "random").glob("_sfc64*.so"))
+    linked = site / "numpy" / "random" / "_linked.cpython-312-darwin.so"
+    macho_writer.rebind_extension(str(source), str(linked), FRAMEWORK_311)
+    assert FRAMEWORK_311 in otool_libraries(linked)
+    [found] = codes(macos_scan(home), "env-foreign-libpython")
+    assert found.files == (str(linked),) and FRAMEWORK_311 in found.seen
+
+
+def test_macos_delocated_library_removed_is_unresolved(tmp_path):
+    home, site = macos_home(tmp_path)
+    umath = next((site / "numpy" / "_core").glob("_multiarray_umath*.so"))
+    needed = [n for n in otool_libraries(umath) if n.startswith("@loader_path/")]
+    assert needed
+    shutil.rmtree(site / "numpy" / ".dylibs")
+    [found] = codes(macos_scan(home), "env-unresolved")
+    assert str(umath) in found.files and needed[0] in found.seen

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Mapping, Optional, Tuple
 
-from gilclone.cloner.doctor import env_checks, env_linux, env_windows
+from gilclone.cloner.doctor import env_checks, env_linux, env_macos, env_windows
 from gilclone.cloner.doctor.env_packages import PackageIndex
 from gilclone.cloner.doctor.env_rules import Rules
 from gilclone.cloner.doctor.findings import ERROR, SEVERITIES, Finding
@@ -119,9 +119,11 @@ def scan_environment(
         rules = env_linux.rules(install, config or resolve.system_config())
     elif install.platform == "windows":
         rules = env_windows.rules(install)
+    elif install.platform == "macos":
+        rules = env_macos.rules(install)
     else:
         raise LocateError(f"{install.executable}: scanning a {install.platform} environment is not "
-                          "implemented yet; `doctor --env` reads Linux and Windows environments")
+                          "implemented; `doctor --env` reads Linux, Windows and macOS environments")
     scan = collect(install, rules, progress)
     findings = env_checks.all_findings(scan)
     findings.sort(key=lambda f: (SEVERITIES.index(f.severity), f.code, getattr(f, "package", "")))
