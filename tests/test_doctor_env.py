@@ -423,3 +423,12 @@ def test_macos_delocated_library_removed_is_unresolved(tmp_path):
     shutil.rmtree(site / "numpy" / ".dylibs")
     [found] = codes(macos_scan(home), "env-unresolved")
     assert str(umath) in found.files and needed[0] in found.seen
+
+
+def test_cli_target_windows_needs_a_home_and_reads_one(tmp_path, capsys):
+    assert main(["doctor", "--env", "--target", "windows"]) == 2
+    assert "needs --python-home" in capsys.readouterr().err
+    home = windows_home(tmp_path)
+    assert main(["doctor", "--env", "--target", "windows", "--python-home", str(home), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and out["python"].endswith("python.exe") and out["extensions"] > 10
