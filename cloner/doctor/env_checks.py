@@ -170,7 +170,7 @@ def capi_library_findings(scan) -> List[Finding]:
         findings.append(EnvFinding(
             "env-capi-library", INFO,
             f"{len(items)} librar{'y' if len(items) == 1 else 'ies'} of {package} that "
-            f"{'is' if len(items) == 1 else 'are'} not an extension module call"
+            f"{'is not an extension module' if len(items) == 1 else 'are not extension modules'} call"
             f"{'s' if len(items) == 1 else ''} the Python C API"
             + ("" if scan.install.platform == "windows" else
                f" ({sum(i.facts.python_refs for i in items)} undefined Py* symbols)")
