@@ -3,8 +3,8 @@
 Every extension module below the interpreter's extension directories (lib-dynload
 and each site-packages) gets its dependency closure resolved with the platform
 loader's rules, given by one ``Rules`` per OS (``env_linux``: ld.so through
-``platforms.resolve``; ``env_windows``: the DLL search of a ``.pyd`` import, from
-the files alone). The checks (``env_checks``) then read those closures: foreign
+``platforms.resolve``; ``env_windows``: the DLL search of a ``.pyd`` import;
+``env_macos``: dyld's; the last two from the files alone, for ``--target``). The checks (``env_checks``) then read those closures: foreign
 libpython, wrong ABI tags, unresolved names, symbol versions, libraries bundled
 twice, C-API helper libraries. Each file is read once per scan.
 """
