@@ -86,7 +86,6 @@ def _install(config):
     sys._gilclone_twins = twins
     sys._gilclone_index = config["index"]
 
-    _install_ctypes_hook(config)
     _install_dll_directory_hook()
     sys.argv[:] = config["argv"]
     if config["site"]:
@@ -94,6 +93,11 @@ def _install(config):
 
         site.main()
     sys.path[:] = config["sys_path"]
+    _take_runtime_settings(config["runtime"])
+    _install_guards(config["guards"], ExtensionFileLoader, config["libpython"])
+    # After the guards: their ctypes finder (own_pythonapi) goes first in sys.meta_path, and
+    # this hook, which also points ctypes.pythonapi at the clone, must come before it.
+    _install_ctypes_hook(config)
 
 
 def _install_ctypes_hook(config):
@@ -153,6 +157,8 @@ def _install_ctypes_hook(config):
         cffi.FFI.dlopen = dlopen
 
     patches = {"ctypes": patch_ctypes, "cffi": patch_cffi}
+    for name in [n for n in patches if n in sys.modules]:  # imported by site (a .pth file)
+        patches.pop(name)(sys.modules[name])
 
     class LibraryLoaderHook:
         @staticmethod
@@ -196,3 +202,28 @@ def _install_dll_directory_hook():
         return handle
 
     os.add_dll_directory = add_dll_directory
+
+
+
+def _take_runtime_settings(runtime):
+    """The host's settings that are not part of PyConfig (it may have changed them)."""
+    import sys
+
+    sys.setrecursionlimit(runtime["recursion_limit"])
+    sys.setswitchinterval(runtime["switch_interval"])
+    if "int_max_str_digits" in runtime:
+        sys.set_int_max_str_digits(runtime["int_max_str_digits"])
+
+
+def _install_guards(path, loader_class, libpython):
+    """Refuse process-wide operations (cloner/inclone_guards.py) before user code runs."""
+    import sys
+
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    module = type(sys)("_gilclone_guards")
+    module.__file__ = path
+    exec(compile(source, path, "exec"), module.__dict__)
+    sys.modules[module.__name__] = module
+    module.install(loader_class)
+    module.own_pythonapi(libpython)

@@ -6,6 +6,7 @@ that any host thread may enter it (``with clone.entered():`` or the worker's
 libpython copy cannot be unloaded once its extension copies depend on it.
 """
 
+import atexit
 import contextlib
 import ctypes
 import logging
@@ -13,9 +14,9 @@ import os
 import sys
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
-from gilclone.cloner import store
+from gilclone.cloner import pyconfig, store
 from gilclone.cloner.capi import METH_O, CApi, PyMethodDef
 from gilclone.cloner.extensions import TwinFactory, note_dll_directory
 
@@ -31,7 +32,7 @@ def _bootstrap_source() -> str:
     global _BOOTSTRAP_SOURCE
     if _BOOTSTRAP_SOURCE is None:
         path = os.path.join(os.path.dirname(__file__), "inclone_bootstrap.py")
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             _BOOTSTRAP_SOURCE = f.read()
     return _BOOTSTRAP_SOURCE
 
@@ -50,7 +51,7 @@ class Clone:
 
     def __init__(self, record: store.CloneRecord, python: dict):
         self.record = record
-        self.python = python_for_host(python)
+        self.python = environment_of_this_process(python_for_host(python))
         self.twins = TwinFactory(record)
         self.api: Optional[CApi] = None
         self.handlers: Dict[str, Callable[[str], str]] = {
@@ -107,13 +108,48 @@ class Clone:
                 self._initialise(sys_path, argv, run_site)
             self.initialised = True
             log.info("clone %d: initialised in %.1f ms", self.index, (time.perf_counter() - t0) * 1e3)
+            _join_threads_at_exit()
 
     def _initialise(self, sys_path, argv, run_site: bool) -> None:
+        api = self.api
+        run_site = run_site and not sys.flags.no_site  # `python -S`: no site in clones either
+        if os.name == "nt":
+            self._initialise_legacy()
+        else:
+            executable = self.python.get("executable") or ""
+            home = "" if executable and os.path.exists(executable) else self.python["base_prefix"]
+            settings = pyconfig.host_settings(executable if not home else "", home)
+            minor = int(self.python["version"].split(".")[1])
+            pyconfig.initialize(api.lib, minor, settings)
+        fn = api.PyCFunction_NewEx(ctypes.byref(self._method), None, None)
+        api.PySys_SetObject(b"_gilclone_host", fn)
+        api.Py_DecRef(fn)
+        config = {
+            "index": self.record.index,
+            "libpython": self.record.libpython,  # ctypes.pythonapi in the clone (guards and ctypes hook)
+            "dlopen_flags": load_flags() if sys.platform.startswith("linux") else None,
+            "sys_path": list(sys_path if sys_path is not None else self.python["sys_path"]),
+            "argv": list(argv if argv is not None else [""]),
+            "site": run_site,
+            "runtime": pyconfig.runtime_settings(),
+            "guards": os.path.join(os.path.dirname(os.path.abspath(__file__)), "inclone_guards.py"),
+        }
+        source = _bootstrap_source() + f"\n_gilclone_bootstrap({config!r})\n"
+        api.PyRun_SimpleString(source.encode("utf-8"))
+        error = self.sys_attr_text("_gilclone_error")
+        if run_site and not error and os.name != "nt":
+            pyconfig.mark_site_imported(api.lib)
+        self._main_tstate = api.PyEval_SaveThread()  # release the clone's GIL
+        if error:
+            raise CloneLoadError(f"clone {self.record.index} failed to start:\n{error}")
+
+    def _initialise_legacy(self) -> None:
+        """Windows: the pre-PyConfig start-up, which finds the clone's ._pth file."""
         api = self.api
         api.no_site_flag.value = 1  # site imports extensions; run it after the remapping
         executable = self.python.get("executable") or ""
         self._program_name = ctypes.create_unicode_buffer(executable)
-        if os.name == "nt" and os.path.isfile(self._pth_path()):
+        if os.path.isfile(self._pth_path()):
             # CPython finds <clone DLL name>._pth next to the DLL; Py_SetPythonHome
             # (or a path) would make it ignore that file.
             pass
@@ -123,23 +159,6 @@ class Clone:
             self._program_name = ctypes.create_unicode_buffer(self.python["base_prefix"])
             api.Py_SetPythonHome(self._program_name)
         api.Py_InitializeEx(0)  # 0: leave signal handling to the host
-        fn = api.PyCFunction_NewEx(ctypes.byref(self._method), None, None)
-        api.PySys_SetObject(b"_gilclone_host", fn)
-        api.Py_DecRef(fn)
-        config = {
-            "index": self.record.index,
-            "libpython": self.record.libpython,  # ctypes.pythonapi in the clone
-            "dlopen_flags": load_flags() if sys.platform.startswith("linux") else None,
-            "sys_path": list(sys_path if sys_path is not None else self.python["sys_path"]),
-            "argv": list(argv if argv is not None else [""]),
-            "site": run_site,
-        }
-        source = _bootstrap_source() + f"\n_gilclone_bootstrap({config!r})\n"
-        api.PyRun_SimpleString(source.encode("utf-8"))
-        error = self.sys_attr_text("_gilclone_error")
-        self._main_tstate = api.PyEval_SaveThread()  # release the clone's GIL
-        if error:
-            raise CloneLoadError(f"clone {self.record.index} failed to start:\n{error}")
 
     def _pth_path(self) -> str:
         return os.path.splitext(self.record.libpython)[0] + "._pth"
@@ -259,8 +278,101 @@ def python_for_host(python: dict) -> dict:
     return out
 
 
+def environment_of_this_process(python: dict) -> dict:
+    """The set's facts with the environment (executable, prefix, sys.path) of the process
+    that loads it, when that process runs the same base Python.
+
+    A cached set is shared by every virtual environment of one base Python and records
+    the one that prepared it; a clone started from that record would run the other
+    environment's site-packages and .pth files (or fail once it moved). The clone's
+    libpython is the base Python's either way, so the environment is taken from here.
+    """
+    if os.name == "nt" or not sys.executable or not os.path.exists(sys.executable):
+        return python
+    recorded = python.get("base_prefix")
+    if not recorded or os.path.realpath(recorded) != os.path.realpath(sys.base_prefix):
+        return python
+    if "%d.%d" % sys.version_info[:2] != ".".join(str(python.get("version", "")).split(".")[:2]):
+        return python
+    out = dict(python)
+    out.update(executable=sys.executable, prefix=sys.prefix, sys_path=list(sys.path))
+    return out
+
+
+def environment_check(python: dict) -> Tuple[bool, str]:
+    """Whether clones of a set recorded as ``python`` would run this process's environment
+    (for ``verify``): they do unless this process runs another base Python."""
+    used = environment_of_this_process(python)
+    here = os.path.realpath(sys.prefix)
+    version = ".".join(str(python.get("version", "")).split(".")[:2])
+    if version != "%d.%d" % sys.version_info[:2]:
+        return True, (
+            f"the set is of Python {version}, this process runs {sys.version_info[0]}."
+            f"{sys.version_info[1]}: its clones run the environment it was prepared from "
+            f"({python.get('prefix')}); a pool needs clones of its own version"
+        )
+    if os.name != "nt" and os.path.realpath(used.get("prefix") or "") != here:
+        return False, (
+            f"this process runs {sys.executable} (base {sys.base_prefix}), the set was prepared "
+            f"from {python.get('executable')} (base {python.get('base_prefix')}); its clones "
+            "would run that environment; prepare a set from this Python"
+        )
+    return True, (
+        f"clones run this process's environment ({sys.prefix}); the set was prepared from "
+        f"{python.get('executable')}"
+    )
+
+
 def _none_address(api: CApi) -> int:
     return ctypes.addressof(ctypes.c_byte.in_dll(api.lib, "_Py_NoneStruct"))
+
+
+_JOIN_AT_EXIT: list = []
+
+
+def _join_threads_at_exit() -> None:
+    """Once per process: at exit, wait for the non-daemon threads that tasks started in
+    clones, after the host's own (atexit runs once threading has joined those)."""
+    with _REGISTRY_LOCK:
+        if not _JOIN_AT_EXIT:
+            _JOIN_AT_EXIT.append(True)
+            atexit.register(join_clone_threads)
+
+
+_JOIN_SOURCE = (
+    b"import sys\n"
+    b"if '_gilclone_guards' in sys.modules:\n"
+    b"    sys.modules['_gilclone_guards'].join_threads()\n"
+)
+_GIL_WAIT_AT_EXIT = 10.0  # seconds; a free clone's GIL is had within a switch interval
+
+
+def join_clone_threads() -> None:
+    for clone in list(_REGISTRY.values()):
+        if clone.initialised:
+            _join_threads_of(clone)
+
+
+def _join_threads_of(clone: Clone) -> None:
+    """Join in a helper thread: a clone whose GIL is never released (a thread stuck in C)
+    must not hang the exit, so entering it has a time limit; the joining has none."""
+    entered = threading.Event()
+
+    def join() -> None:
+        state = clone.api.PyGILState_Ensure()
+        entered.set()
+        try:
+            clone.api.PyRun_SimpleString(_JOIN_SOURCE)
+        finally:
+            clone.api.PyGILState_Release(state)
+
+    joiner = threading.Thread(target=join, name=f"gilclone-exit-join-{clone.index}", daemon=True)
+    joiner.start()
+    if entered.wait(_GIL_WAIT_AT_EXIT):
+        joiner.join()
+    else:
+        print(f"gilclone: clone {clone.index} is busy at exit; its threads are not waited for",
+              file=sys.stderr)
 
 
 _REGISTRY: Dict[str, Clone] = {}

@@ -16,7 +16,7 @@ import time
 from typing import Callable, Dict, List, Tuple
 
 from gilclone.cloner import store
-from gilclone.cloner.load import clone_for, python_for_host
+from gilclone.cloner.load import clone_for, environment_check, python_for_host
 from gilclone.platforms.binary import read_binary
 
 from gilclone.errors import GilcloneError
@@ -95,6 +95,7 @@ class Verifier:
         # files_intact and the identities were checked by the parent (cloner/audit.py)
         if not self.add("distinct_sonames", self.distinct_sonames):
             return self.report()
+        self.add("environment", lambda: environment_check(self.cset.python))
         self.add("independent_initialisation", self.independent_initialisation)
         self.add("distinct_images", self.distinct_images)
         self.add("distinct_runtime_state", self.distinct_runtime)

@@ -52,3 +52,14 @@ class CloneLoadError(GilcloneError):
 
 class CacheTrustError(CloneError):
     """A file of the clone cache could have been written by someone else (owner, mode, symlink)."""
+
+
+class ProcessWideOperationError(GilcloneError, RuntimeError):
+    """A task in a clone tried something that acts on the whole process (which the host and
+    every other clone share): ending it, forking it, replacing it, taking its signals, or
+    creating a subinterpreter. Raised in the task; the process carries on."""
+
+
+class ProcessWideSignalError(ProcessWideOperationError, ValueError):
+    """Signal handling is the host's: like CPython outside the main thread or main
+    interpreter, it is also a ValueError, which code that tolerates that case catches."""

@@ -53,6 +53,14 @@ def fixup_main(main_path, main_name):
     sys.modules["__mp_main__"] = sys.modules["__main__"] = main
 
 
+def alias_main_in_host(modules):
+    """In the host, ``__mp_main__`` names ``__main__``, as importing multiprocessing makes it
+    in a spawn pool's parent: what a clone pickles from its ``__mp_main__`` (classes and
+    exceptions of the main script) is then read back as the host's own ``__main__`` ones."""
+    if "__main__" in modules:
+        modules.setdefault("__mp_main__", modules["__main__"])
+
+
 class Runner:
     def __init__(self, buffer):
         self.buffer = buffer

@@ -443,6 +443,7 @@ def _one_line(exc: BaseException) -> str:
 def main_module_location():
     """Where the host's ``__main__`` came from, for clones to load it as ``__mp_main__``."""
     main = sys.modules.get("__main__")
+    inclone.alias_main_in_host(sys.modules)
     spec = getattr(main, "__spec__", None)
     name = getattr(spec, "name", None)
     path = getattr(main, "__file__", None)

@@ -359,7 +359,6 @@ def _source(copy):
 
 PYWIN32_SCRIPT = r"""
 import json, sys, time
-from gilclone.pool import ClonePool
 
 
 def work(_):
@@ -378,6 +377,8 @@ def work(_):
 
 
 if __name__ == "__main__":
+    from gilclone.pool import ClonePool  # here: clones re-run this script as __mp_main__
+
     with ClonePool(2, clones=sys.argv[1]) as pool:
         seen = {}
         for _ in range(4):

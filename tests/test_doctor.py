@@ -410,15 +410,19 @@ def _fake_windows_set(root, set_id, clone_dll, with_pth=False):
     """A set directory as store.load_set reads it: one PE clone named ``clone_dll``."""
     clone = root / "clone-00"
     clone.mkdir(parents=True)
-    (clone / clone_dll).write_bytes(b"stand-in")  # a manifest must list its libpython copy
-    set_id = hashlib.sha256(set_id.encode()).hexdigest()  # load_set wants a real (64 hex) id
+    set_id = hashlib.sha256(set_id.encode()).hexdigest()  # set ids are 64 hex digits
     store.write_json_atomic(str(root / store.SET_FILE), {"set_id": set_id, "python": {"version": "3.12.7"}})
+    files = {clone_dll: b"MZ not a real DLL"}
+    if with_pth:
+        files[os.path.splitext(clone_dll)[0] + "._pth"] = b"python312.zip\n"
+    for name, data in files.items():
+        (clone / name).write_bytes(data)
+    # A complete manifest, as the integrity checks of load_set want one.
     store.write_json_atomic(str(clone / store.MANIFEST), {
         "index": 0, "soname": clone_dll, "binary_format": "PE",
-        "renames": [["python312.dll", clone_dll]], "files": {clone_dll: store.manifest_entry(str(clone / clone_dll))},
+        "renames": [["python312.dll", clone_dll]],
+        "files": {name: store.manifest_entry(str(clone / name)) for name in files},
     })
-    if with_pth:
-        (clone / (os.path.splitext(clone_dll)[0] + "._pth")).write_text("python312.zip\n")
 
 
 def _windows_install(**changes):
