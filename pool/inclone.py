@@ -16,6 +16,8 @@ import struct
 import sys
 import traceback
 
+from gilclone.pool import serialize
+
 HEADER = 16
 OK, ERROR, BAD_TASK, BAD_RESULT, NEED_SPACE = range(5)
 PROTOCOL = 5
@@ -75,7 +77,7 @@ class Runner:
             except BaseException as exc:
                 return self._reply(ERROR, _error_payload(exc))
             try:
-                data = pickle.dumps(result, PROTOCOL)
+                data = serialize.dumps_result(result, PROTOCOL)
             except BaseException as exc:
                 return self._reply(BAD_RESULT, _error_payload(exc, "cannot pickle the task's result"))
             return self._reply(OK, data)

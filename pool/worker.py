@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from gilclone.cloner.capi import Py_buffer, PyBUF_WRITE
 from gilclone.cloner.load import Clone
-from gilclone.pool import inclone, sharing
+from gilclone.pool import inclone, serialize, sharing
 from gilclone.pool.errors import RemoteTraceback, TaskPicklingError
 
 from gilclone.errors import CloneLoadError
@@ -147,7 +147,7 @@ class WorkerContext:
         """Run ``fn(*args, **kwargs)`` in the clone and return its result or raise its error."""
         sink = sharing.start_collecting()
         try:
-            payload = pickle.dumps((fn, args, kwargs), inclone.PROTOCOL)
+            payload = serialize.dumps((fn, args, kwargs), inclone.PROTOCOL, sink)
         except Exception as exc:
             raise TaskPicklingError(f"cannot send the task to a clone: {_one_line(exc)}") from exc
         finally:
