@@ -5,6 +5,7 @@ script, as they do for users; the child runs with a timeout. cloudpickle's
 absence is simulated in the child by a ``sys.meta_path`` finder that refuses it.
 """
 
+import importlib.util
 import json
 import os
 import pickle
@@ -13,8 +14,15 @@ import sys
 import textwrap
 
 import pytest
+import support
 from gilclone.pool import serialize
 from support import tasks
+
+HAVE_CLOUDPICKLE = importlib.util.find_spec("cloudpickle") is not None
+
+
+def needs_cloudpickle():
+    support.require(HAVE_CLOUDPICKLE, "cloudpickle is not installed: pip install -e '.[test]'")
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -81,7 +89,7 @@ def run_child(tmp_path, source, *args):
 
 @pytest.mark.slow
 def test_lambda_closure_and_exec_functions_run_in_clones_by_value(tmp_path):
-    pytest.importorskip("cloudpickle")
+    needs_cloudpickle()
     out = run_child(tmp_path, CHILD)
     assert out["lambda"][:2] == ["ok", 49]
     assert out["closure"][:2] == ["ok", 40]
@@ -106,7 +114,7 @@ def test_without_cloudpickle_the_error_says_how_to_get_it(tmp_path):
 @pytest.mark.slow
 def test_functions_of_python_c_run_by_value(tmp_path):
     """``python -c`` has no main file for clones to re-run, like an interactive session."""
-    pytest.importorskip("cloudpickle")
+    needs_cloudpickle()
     code = textwrap.dedent("""
         import sys
         from gilclone.pool import ClonePool
@@ -128,7 +136,7 @@ def test_by_reference_stays_the_fast_path():
 
 
 def test_a_lambda_goes_by_value_only_when_reference_fails():
-    pytest.importorskip("cloudpickle")
+    needs_cloudpickle()
     data = serialize.dumps((lambda x: x + 1, (1,), {}), 5)
     fn, args, _ = pickle.loads(data)
     assert fn(*args) == 2

@@ -4,18 +4,19 @@ One worker process with two threads gets the preload, so it has a two-clone
 executor; tasks opt in with ``dask.annotate(executor="clones")``.
 """
 
+import importlib.util
 import os
 import traceback
 
 import pytest
+import support
+from support import scale_tasks, tasks
 
-pytest.importorskip("distributed")
-pytest.importorskip("cloudpickle")
-
-import dask  # noqa: E402
-import numpy  # noqa: E402
-from distributed import Client, LocalCluster, get_task_stream  # noqa: E402
-from support import scale_tasks, tasks  # noqa: E402
+HAVE_DASK = all(importlib.util.find_spec(m) for m in ("distributed", "cloudpickle", "numpy"))
+if HAVE_DASK:
+    import dask
+    import numpy
+    from distributed import Client, LocalCluster, get_task_stream
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 180
@@ -23,6 +24,7 @@ TIMEOUT = 180
 
 @pytest.fixture(scope="module")
 def client():
+    support.require(HAVE_DASK, "dask, distributed, cloudpickle or numpy missing: pip install -e '.[test]'")
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None,
                       preload=["gilclone.dask"]) as cluster, Client(cluster) as client:
         yield client

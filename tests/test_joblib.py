@@ -1,14 +1,21 @@
 """The "gilclone" joblib backend with real joblib (no mocks)."""
 
+import importlib.util
+
 import pytest
+import support
+from support import scale_tasks, tasks
 
-joblib = pytest.importorskip("joblib")
-pytest.importorskip("cloudpickle")
+HAVE_JOBLIB = all(importlib.util.find_spec(m) for m in ("joblib", "cloudpickle"))
+if HAVE_JOBLIB:
+    from joblib import Parallel, delayed, parallel_config
 
-from joblib import Parallel, delayed, parallel_config  # noqa: E402
-from support import scale_tasks, tasks  # noqa: E402
+    import gilclone.joblib  # noqa: F401  (registers the backend)
 
-import gilclone.joblib  # noqa: E402,F401  (registers the backend)
+
+@pytest.fixture(autouse=True)
+def _needs_joblib():
+    support.require(HAVE_JOBLIB, "joblib or cloudpickle missing: pip install -e '.[test]'")
 
 
 def test_parallel_gives_the_serial_results_from_clones():
