@@ -108,3 +108,45 @@ def test_plugin_as_default_executor_and_its_teardown(client):
     finally:
         client.unregister_worker_plugin(ClonesPlugin.name)
     assert client.submit(scale_tasks.clone_index, pure=False).result(timeout=TIMEOUT) is None
+
+
+def test_main_script_function_as_in_the_issue(tmp_path):
+    """The reported failure: `fib` from the client's __main__, which Dask rebuilds by value."""
+    support.require(HAVE_DASK, "dask, distributed, cloudpickle or numpy missing")
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        import dask
+        from distributed import Client, LocalCluster
+
+        def fib(n):
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+        def fib_where(n):
+            return fib(n), getattr(sys, "_gilclone_index", None)
+
+        if __name__ == "__main__":
+            with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                              dashboard_address=None, preload=["gilclone.dask"]) as cluster, \\
+                    Client(cluster) as client:
+                with dask.annotate(executor="clones"):
+                    futures = client.map(fib_where, range(15, 19))
+                print([f.result(timeout=120) for f in futures])
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = eval(out.stdout.strip().splitlines()[-1])
+    assert [r[0] for r in results] == [610, 987, 1597, 2584]
+    assert None not in {r[1] for r in results}
+
+
+def test_preload_on_something_else_than_a_worker_says_so():
+    from gilclone.dask import install
+    from gilclone.errors import GilcloneError
+
+    with pytest.raises(GilcloneError, match="runs on Dask workers"):
+        install(object())
