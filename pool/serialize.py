@@ -32,14 +32,23 @@ class ByValueUnavailable(pickle.PicklingError):
 
 def dumps(task, protocol: int, sink=None) -> bytes:
     """Pickle a task for a clone. ``sink`` is the list ``shared()`` arguments are
-    collected into while pickling; a second attempt starts it afresh."""
+    collected into while pickling; a second pass puts it back as the first left it."""
     try:
         data = pickle.dumps(task, protocol)
     except _REFUSED as exc:
-        return _careful_dumps(task, protocol, sink, exc)
-    # A cheap test for the rare slow case: a reference into the host's __main__.
+        _truncate(sink, 0)
+        return _by_value(task, protocol, exc)
+    # A cheap test for the rare case: a reference into the host's __main__, then a
+    # check (no output kept) that the clone finds every __main__ object referenced.
     if b"__main__" in data:
-        return _careful_dumps(task, protocol, sink, None)
+        kept = len(sink) if sink else 0
+        try:
+            _MainCheck(io.BytesIO(), protocol).dump(task)
+        except _Unfindable:
+            _truncate(sink, 0)
+            return _by_value(task, protocol, None)
+        finally:
+            _truncate(sink, kept)
     return data
 
 
@@ -54,9 +63,7 @@ def dumps_result(result, protocol: int) -> bytes:
         return cloudpickle.dumps(result, protocol)
 
 
-def _careful_dumps(task, protocol, sink, first_error) -> bytes:
-    if sink:
-        del sink[:]
+def _by_value(task, protocol, first_error) -> bytes:
     out = io.BytesIO()
     try:
         _pickler_class()(out, protocol).dump(task)
@@ -67,6 +74,24 @@ def _careful_dumps(task, protocol, sink, first_error) -> bytes:
             raise ByValueUnavailable(f"{first_error}; {INSTALL_HINT}") from first_error
         raise
     return out.getvalue()
+
+
+def _truncate(sink, length: int) -> None:
+    if sink:
+        del sink[length:]
+
+
+class _Unfindable(Exception):
+    pass
+
+
+class _MainCheck(pickle.Pickler):
+    """Walks a task as pickle does and stops at a ``__main__`` object clones cannot find."""
+
+    def reducer_override(self, obj):
+        if _in_main(obj) and not _clone_finds(obj):
+            raise _Unfindable
+        return NotImplemented
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,5 +141,6 @@ def _clone_finds(obj) -> bool:
     if not path or "<" in obj.__qualname__ or getattr(main, obj.__qualname__, None) is not obj:
         return False
     if isinstance(obj, types.FunctionType):
-        return os.path.abspath(obj.__code__.co_filename) == os.path.abspath(path)
+        made_in = obj.__code__.co_filename
+        return made_in == path or os.path.abspath(made_in) == os.path.abspath(path)
     return True  # a class: nothing tells where it was made; its module says the main script
