@@ -49,6 +49,9 @@ def scaler(k):
 def defined_in_file(x):
     return (x + 1, sys._gilclone_index)
 
+def view_len(view):
+    return (len(view), sys._gilclone_index)
+
 def make_adder(k):
     return lambda x: x + k
 
@@ -60,6 +63,7 @@ if __name__ == "__main__":
         "exec": (tripled, 5),
         "file": (defined_in_file, 1),
         "shared": (lambda v: (bytes(v), sys._gilclone_index), shared(bytearray(b"ab"))),
+        "file_shared": (view_len, shared(bytearray(b"abc"))),
     }
     out = {}
     with ClonePool(2) as pool:
@@ -96,6 +100,7 @@ def test_lambda_closure_and_exec_functions_run_in_clones_by_value(tmp_path):
     assert out["exec"][:2] == ["ok", 15]
     assert out["file"][:2] == ["ok", 2]
     assert out["shared"][:2] == ["ok", "ab"]  # shared() still works after the by-value retry
+    assert out["file_shared"][:2] == ["ok", 3]  # ... and after the __main__ check
     assert all(out[k][2] is not None for k in ("lambda", "closure", "exec", "file", "shared"))
     assert out["result"] == ["ok", 42, None]  # a closure returned by a task comes back by value
 
@@ -108,6 +113,7 @@ def test_without_cloudpickle_the_error_says_how_to_get_it(tmp_path):
         assert status == "error", case
         assert "pip install 'gilclone[dask]'" in message, (case, message)
     assert out["file"][:2] == ["ok", 2]  # by reference needs no cloudpickle
+    assert out["file_shared"][:2] == ["ok", 3]
     assert out["result"][0] == "error" and "gilclone[dask]" in out["result"][1]
 
 
