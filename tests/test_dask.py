@@ -6,11 +6,16 @@ executor; tasks opt in with ``dask.annotate(executor="clones")``.
 
 import importlib.util
 import os
+import sys
 import traceback
 
 import pytest
 import support
 from support import scale_tasks, tasks
+
+if sys.version_info < (3, 10):
+    pytest.skip("gilclone.dask needs dask >= 2024.12, which needs Python >= 3.10",
+                allow_module_level=True)
 
 HAVE_DASK = all(importlib.util.find_spec(m) for m in ("distributed", "cloudpickle", "numpy"))
 if HAVE_DASK:
@@ -114,7 +119,6 @@ def test_main_script_function_as_in_the_issue(tmp_path):
     """The reported failure: `fib` from the client's __main__, which Dask rebuilds by value."""
     support.require(HAVE_DASK, "dask, distributed, cloudpickle or numpy missing")
     import subprocess
-    import sys
     import textwrap
 
     script = tmp_path / "client.py"
