@@ -171,7 +171,9 @@ def uninstall(worker, name: str = EXECUTOR_NAME) -> None:
         if worker.executors.get("default") is executor:
             worker.executors["default"] = worker.executors.pop("threads")
         del worker.executors[name]
-        executor.shutdown(wait=True)
+        # Not waiting: this runs on the worker's event loop (plugin removal, worker close);
+        # tasks already running finish and report, the clones are then given back.
+        executor.shutdown(wait=False)
 
 
 def dask_setup(worker) -> None:
