@@ -40,16 +40,21 @@ def dumps(task, protocol: int, sink=None) -> bytes:
         return _by_value(task, protocol, exc)
     # A cheap test for the rare case: a reference into the host's __main__, then a
     # check (no output kept) that the clone finds every __main__ object referenced.
-    if b"__main__" in data:
-        kept = len(sink) if sink else 0
-        try:
-            _MainCheck(io.BytesIO(), protocol).dump(task)
-        except _Unfindable:
-            _truncate(sink, 0)
-            return _by_value(task, protocol, None)
-        finally:
-            _truncate(sink, kept)
+    if b"__main__" in data and not _clone_finds_all(task, protocol, sink):
+        _truncate(sink, 0)
+        return _by_value(task, protocol, None)
     return data
+
+
+def _clone_finds_all(task, protocol, sink) -> bool:
+    kept = len(sink) if sink else 0
+    try:
+        _MainCheck(io.BytesIO(), protocol).dump(task)
+    except _Unfindable:
+        return False
+    finally:
+        _truncate(sink, kept)  # the check pass collected the shared() arguments again
+    return True
 
 
 def dumps_result(result, protocol: int) -> bytes:
