@@ -148,12 +148,31 @@ def report(dask_table, speedup, serial, joblib_table, load, quick) -> str:
         f"tasks one after another in the client process took {serial:.3g} s; a speed-up needs "
         "a second core free.",
         "",
+        *_conditions(load),
         "| joblib, n_jobs=2 | unit | gilclone | loky | threading |",
         "|---|---|---|---|---|",
         *(f"| {label} | {unit} | {a:.3g} | {b:.3g} | {c:.3g} |" for label, unit, a, b, c in joblib_table),
         "",
     ]
     return "\n".join(lines)
+
+
+def _conditions(load):
+    """A warning when the numbers say more about the machine than about the contenders."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            autogroup = f.read().strip() == "1"
+    except OSError:
+        autogroup = False
+    if max(load) < (os.cpu_count() or 1) / 2:
+        return []
+    note = (f"The machine was busy (load {max(load):.2f} on {os.cpu_count()} CPUs): "
+            "parallel speed-ups need idle cores")
+    if autogroup:
+        note += (", and with Linux's sched_autogroup on, CPU time is shared per session, so "
+                 "a benchmark's extra threads or processes get no more of it while other "
+                 "sessions are busy")
+    return [note + ".", ""]
 
 
 def main(argv) -> int:
