@@ -26,7 +26,7 @@ TARGET_DASK_SPEEDUP = 1.6
 
 class Settings:
     def __init__(self, quick: bool):
-        self.repeat = 2 if quick else 3
+        self.repeat = 2 if quick else 5
         self.cpu_tasks = 8
         self.cpu_n = 300_000 if quick else 2_000_000
         self.dask_tiny = 100 if quick else 400
