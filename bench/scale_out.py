@@ -10,7 +10,7 @@ one or the other with ``dask.annotate(executor=...)``.
 joblib: ``Parallel(n_jobs=2)`` with the ``gilclone``, ``loky`` and ``threading`` backends.
 
 Every pool is warm before timing; each repetition runs every contender in turn
-(load from elsewhere spreads over all); best of ``REPEAT``. Results are checked
+(load from elsewhere spreads over all); best of 5 rounds (2 with ``--quick``). Results are checked
 against serial ones. Clones re-run this file as ``__mp_main__``: imports stay in
 functions.
 """
