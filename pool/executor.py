@@ -148,6 +148,12 @@ class ClonePool(Executor):
     # -- Executor ----------------------------------------------------------------
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
+        """Schedule ``fn(*args, **kwargs)`` on a clone and return its Future.
+
+        ``fn`` and the arguments are pickled into the clone (``shared()`` arguments arrive as
+        memoryviews over the same memory); the first call starts a worker, preparing the
+        clone set if needed. The pool's ``task_timeout`` applies.
+        """
         return self._submit(fn, args, kwargs, self._task_timeout)
 
     def _submit(self, fn, args, kwargs, timeout) -> Future:
@@ -163,6 +169,16 @@ class ClonePool(Executor):
             return future
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """Like the builtin ``map(fn, *iterables)``, run on the clones: an iterator of results
+        in the order of the inputs.
+
+        All tasks are submitted at once. ``timeout`` (seconds from this call) bounds the wait
+        for the results, not the tasks: past it the iterator raises TimeoutError and the
+        tasks go on; use ``task_timeout`` or ``options(timeout=)`` to stop tasks.
+        ``chunksize`` (default 1) sends that many items to a clone as one task, which saves
+        the per-task overhead (tens of microseconds) when each call is short; an exception
+        raised by one item ends the iteration at its chunk.
+        """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
@@ -258,11 +274,13 @@ class PoolOptions(Executor):
         self._pool, self._timeout = pool, timeout
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
+        """As ``ClonePool.submit``, with this view's time limit for the task."""
         return self._pool._submit(fn, args, kwargs, self._timeout)
 
     map = ClonePool.map
 
     def shutdown(self, wait=True, *, cancel_futures=False) -> None:
+        """Refused: a view does not own the workers; shut the pool itself down."""
         raise TypeError("shut the pool down, not a view of its options")
 
 
