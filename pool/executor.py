@@ -115,9 +115,18 @@ class _PoolState:
 class ClonePool(Executor):
     """Run callables on clones of this interpreter, each with its own GIL, in this process.
 
-    ``clones`` is a prepared set (a CloneSet or its directory); by default the
-    cached set of this Python is prepared or reused. ``task_timeout`` (seconds)
-    limits every task: past it the task is interrupted and its future raises
+    A ``concurrent.futures.Executor``: each worker is a host thread driving one clone.
+    Creating the pool starts nothing; workers (and their clones) start as tasks arrive.
+    Create it under ``if __name__ == "__main__":``: clones re-run the main script.
+
+    ``max_workers``: the most clones used at once; default: the CPUs this process may use
+    (affinity mask, capped by a cgroup CPU quota). ``initializer(*initargs)`` runs once in
+    each clone as it starts; if it raises, the pool is broken (BrokenClonePool).
+    ``clones`` is a prepared set (a CloneSet or its directory, as made by
+    ``gilclone prepare --dest``); by default the cached set of this Python is prepared or
+    reused. ``python``: the interpreter whose cached set to use when ``clones`` is None
+    (it must be this interpreter's version). ``task_timeout`` (seconds) limits every task:
+    past it the task is interrupted and its future raises
     ``concurrent.futures.TimeoutError``.
     """
 
