@@ -269,3 +269,31 @@ def test_example_shipped_set(docs_env, tmp_path):
     assert "word counts [4, 4, 5]" in after.stdout and str(app / "clones") in after.stdout
     cache = tmp_path / "cache"
     assert not cache.exists() or not any(cache.iterdir()), list(cache.iterdir())
+
+
+def test_pool_synopsis_shows_the_real_defaults():
+    """pool.md's synopsis once showed ``chunksize=16``; its defaults must be the code's."""
+    import ast
+
+    from gilclone.pool import ClonePool
+
+    synopsis = blocks(ROOT / "docs" / "pool.md")[0]
+    methods = {"ClonePool": ClonePool, "map": ClonePool.map, "shutdown": ClonePool.shutdown,
+               "options": ClonePool.options}
+    checked = 0
+    for call in ast.walk(ast.parse(synopsis.code)):
+        if not isinstance(call, ast.Call):
+            continue
+        name = getattr(call.func, "id", None) or getattr(call.func, "attr", None)
+        if name not in methods:
+            continue
+        params = inspect.signature(methods[name]).parameters
+        for kw in call.keywords:
+            # Where the synopsis shows an example value rather than the default.
+            if (name, kw.arg) in {("ClonePool", "max_workers"), ("options", "timeout")}:
+                continue
+            if isinstance(kw.value, ast.Constant) and kw.arg in params:
+                default = params[kw.arg].default
+                assert kw.value.value == default, f"pool.md: {name}({kw.arg}={kw.value.value!r}), default {default!r}"
+                checked += 1
+    assert checked >= 4
