@@ -256,8 +256,11 @@ def test_example_numpy_shared(docs_env):
 def test_example_shipped_set(docs_env, tmp_path):
     # A cache of its own, which must stay empty: the application uses only the shipped set.
     env = dict(docs_env, GILCLONE_CACHE=str(tmp_path / "cache"))
+    # The application's folder as an install makes it: writable by its owner only (a set under
+    # a group-writable folder is refused, whatever mode the checkout gave examples/).
     app = tmp_path / "app"
-    shutil.copytree(EXAMPLES / "shipped_set", app, ignore=shutil.ignore_patterns("clones"))
+    app.mkdir(mode=0o755)
+    shutil.copy(EXAMPLES / "shipped_set" / "app.py", app)
     before = run_script(app / "app.py", env, tmp_path)
     assert before.returncode == 2 and "gilclone prepare" in before.stderr, before.stderr
     prep = subprocess.run([sys.executable, "-m", "gilclone", "prepare", "--count", "2", "--dest",
