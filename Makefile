@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench lint setup setup-test clean
+.PHONY: demo test test-fast bench lint setup setup-test docs clean
 
 $(VENV)/.stamp: pyproject.toml scripts/setup-env
 	PYTHON=$(PYTHON) bash scripts/setup-env
@@ -32,8 +32,18 @@ test: setup-test lint
 test-fast: setup-test lint
 	$(PY) -m pytest -q -ra -m "not slow" --durations=5 $(PYTEST_ARGS)
 
+$(VENV)/.stamp-docs: $(VENV)/.stamp
+	GILCLONE_SETUP_DOCS=1 PYTHON=$(PYTHON) bash scripts/setup-env
+	touch $@
+
+# The site, with the API reference generated from docstrings, into site/ (site/index.html).
+# --strict: a warning (a broken link, a missing page, an unknown name) fails the build.
+# `make test` builds it too (tests/test_docs.py), into a temporary directory.
+docs: $(VENV)/.stamp-docs
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: setup
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

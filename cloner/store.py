@@ -40,6 +40,9 @@ from gilclone.errors import CacheLocationError, CloneSetCorruptError
 
 
 def default_cache_root() -> str:
+    """Where cached clone sets live: ``$GILCLONE_CACHE`` (in a shared sticky folder such as
+    ``/tmp``, a per-user ``gilclone-<uid>`` folder in it: docs/security.md), else ``$XDG_CACHE_HOME/gilclone`` or ``~/.cache/gilclone``, and
+    ``%LOCALAPPDATA%\\gilclone\\cache`` on Windows."""
     explicit = os.environ.get("GILCLONE_CACHE")
     if explicit:
         return trust.per_user_root(explicit)
@@ -62,14 +65,17 @@ class CloneRecord:
 
     @property
     def rename_map(self) -> Dict[str, str]:
+        """Original image name -> this clone's name for it (libpython, extension twins)."""
         return dict(self.renames)
 
     @property
     def libpython(self) -> str:
+        """Path of this clone's libpython copy."""
         return os.path.join(self.directory, self.soname)
 
     @property
     def ext_dir(self) -> str:
+        """Folder of this clone's extension-module copies (made on first import)."""
         return os.path.join(self.directory, "ext")
 
 
@@ -84,6 +90,7 @@ class CloneSet:
 
     @property
     def version(self) -> str:
+        """Full version of the Python the set was made from, e.g. ``"3.11.7"``."""
         return self.python["version"]
 
 

@@ -89,6 +89,7 @@ class MachoFacts:
 
     @property
     def architectures(self) -> Tuple[str, ...]:
+        """The architecture of each slice, in file order."""
         return tuple(s.arch for s in self.slices)
 
 
@@ -108,6 +109,7 @@ class BinaryInfo:
     facts: object = field(default=None)  # ElfFacts, PeFacts or MachoFacts
 
     def to_json(self) -> dict:
+        """Plain JSON data, as ``gilclone inspect --json`` prints it."""
         out = dataclasses.asdict(self)
         if isinstance(self.facts, MachoFacts):
             out["facts"]["architectures"] = list(self.facts.architectures)
@@ -138,9 +140,11 @@ class PythonInstall:
 
     @property
     def short_version(self) -> str:
+        """``"3.11"`` for version ``"3.11.7"``."""
         return ".".join(self.version.split(".")[:2])
 
     def to_json(self) -> dict:
+        """Plain JSON data, as ``gilclone locate --json`` prints it."""
         out = _lists(dataclasses.asdict(self))
         out["short_version"] = self.short_version
         return out

@@ -118,9 +118,18 @@ class _PoolState:
 class ClonePool(Executor):
     """Run callables on clones of this interpreter, each with its own GIL, in this process.
 
-    ``clones`` is a prepared set (a CloneSet or its directory); by default the
-    cached set of this Python is prepared or reused. ``task_timeout`` (seconds)
-    limits every task: past it the task is interrupted and its future raises
+    A ``concurrent.futures.Executor``: each worker is a host thread driving one clone.
+    Creating the pool starts nothing; workers (and their clones) start as tasks arrive.
+    Create it under ``if __name__ == "__main__":``: clones re-run the main script.
+
+    ``max_workers``: the most clones used at once; default: the CPUs this process may use
+    (affinity mask, capped by a cgroup CPU quota). ``initializer(*initargs)`` runs once in
+    each clone as it starts; if it raises, the pool is broken (BrokenClonePool).
+    ``clones`` is a prepared set (a CloneSet or its directory, as made by
+    ``gilclone prepare --dest``); by default the cached set of this Python is prepared or
+    reused. ``python``: the interpreter whose cached set to use when ``clones`` is None
+    (it must be this interpreter's version). ``task_timeout`` (seconds) limits every task:
+    past it the task is interrupted and its future raises
     ``concurrent.futures.TimeoutError``.
     """
 
@@ -151,6 +160,12 @@ class ClonePool(Executor):
     # -- Executor ----------------------------------------------------------------
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
+        """Schedule ``fn(*args, **kwargs)`` on a clone and return its Future.
+
+        ``fn`` and the arguments are pickled into the clone (``shared()`` arguments arrive as
+        memoryviews over the same memory); the first call starts a worker, preparing the
+        clone set if needed. The pool's ``task_timeout`` applies.
+        """
         return self._submit(fn, args, kwargs, self._task_timeout)
 
     def _submit(self, fn, args, kwargs, timeout) -> Future:
@@ -166,6 +181,16 @@ class ClonePool(Executor):
             return future
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """Like the builtin ``map(fn, *iterables)``, run on the clones: an iterator of results
+        in the order of the inputs.
+
+        All tasks are submitted at once. ``timeout`` (seconds from this call) bounds the wait
+        for the results, not the tasks: past it the iterator raises TimeoutError and the
+        tasks go on; use ``task_timeout`` or ``options(timeout=)`` to stop tasks.
+        ``chunksize`` (default 1) sends that many items to a clone as one task, which saves
+        the per-task overhead (tens of microseconds) when each call is short; an exception
+        raised by one item ends the iteration at its chunk.
+        """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
@@ -261,11 +286,13 @@ class PoolOptions(Executor):
         self._pool, self._timeout = pool, timeout
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
+        """As ``ClonePool.submit``, with this view's time limit for the task."""
         return self._pool._submit(fn, args, kwargs, self._timeout)
 
     map = ClonePool.map
 
     def shutdown(self, wait=True, *, cancel_futures=False) -> None:
+        """Refused: a view does not own the workers; shut the pool itself down."""
         raise TypeError("shut the pool down, not a view of its options")
 
 

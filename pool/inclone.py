@@ -17,6 +17,7 @@ import struct
 import sys
 import traceback
 
+from gilclone.pool import serialize
 from gilclone.pool.interrupted import TaskInterrupted
 
 HEADER = 16
@@ -105,7 +106,7 @@ class Runner:
         except BaseException as exc:  # TaskInterrupted too: the task's own error
             return self._reply(ERROR, _error_payload(exc))
         try:
-            data = pickle.dumps(result, PROTOCOL)
+            data = serialize.dumps_result(result, PROTOCOL)
         except TaskInterrupted:
             raise
         except BaseException as exc:

@@ -17,6 +17,7 @@ class WorkerStats:
 
     @classmethod
     def of(cls, worker) -> "WorkerStats":
+        """The statistics of a running worker, read now (used by ``ClonePool.stats``)."""
         view = worker._view
         return cls(
             clone=worker.clone.index,

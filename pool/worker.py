@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 
 from gilclone.cloner.capi import Py_buffer, PyBUF_WRITE
 from gilclone.cloner.load import Clone
-from gilclone.pool import inclone, sharing
+from gilclone.pool import inclone, serialize, sharing
 from gilclone.pool.errors import RemoteTraceback, TaskPicklingError
 
 from gilclone.errors import CloneLoadError
@@ -351,8 +351,8 @@ class WorkerContext:
             api.Py_DecRef(result)
 
 
-def _dumps(task) -> bytes:
-    return pickle.dumps(task, inclone.PROTOCOL)
+def _dumps(task, sink) -> bytes:
+    return serialize.dumps(task, inclone.PROTOCOL, sink)
 
 
 class _PieceWriter:
@@ -366,10 +366,13 @@ class _PieceWriter:
         self.pieces.append(data)
         return memoryview(data).nbytes
 
+    def reset(self):
+        self.pieces = []
 
-def _dump_pieces(task) -> list:
+
+def _dump_pieces(task, sink) -> list:
     writer = _PieceWriter()
-    pickle.Pickler(writer, inclone.PROTOCOL).dump(task)
+    serialize.dump(task, writer, inclone.PROTOCOL, sink)
     return writer.pieces
 
 
@@ -377,7 +380,7 @@ def _pickle_task(dump, task):
     """``dump(task)`` and the shared() objects met while pickling it, as a list."""
     sink = sharing.start_collecting()
     try:
-        return dump(task), list(sink)
+        return dump(task, sink), list(sink)
     except Exception as exc:
         raise TaskPicklingError(f"cannot send the task to a clone: {_one_line(exc)}") from exc
     finally:
