@@ -108,7 +108,6 @@ def _install_ctypes_hook(config):
     host's). Each module is patched right after it is first imported, so clones that
     never use it pay nothing."""
     import sys
-    from _frozen_importlib_external import PathFinder
 
     flags = config["dlopen_flags"]
     libpython = config.get("libpython")
@@ -166,17 +165,7 @@ def _install_ctypes_hook(config):
             patch = patches.get(name)
             if patch is None:
                 return None
-            spec = PathFinder.find_spec(name, path)
-            if spec is None or spec.loader is None:
-                return spec
-            exec_module = spec.loader.exec_module
-
-            def exec_and_patch(module):
-                exec_module(module)
-                patch(module)
-
-            spec.loader.exec_module = exec_and_patch
-            return spec
+            return sys.modules["_gilclone_guards"].patched_spec(name, path, patch)
 
     sys.meta_path.insert(0, LibraryLoaderHook)
 

@@ -291,8 +291,36 @@ def _point_pythonapi(module, libpython):
     module.pythonapi = module.PyDLL(libpython)
 
 
+class PatchingLoader:
+    """Runs a module with the loader found for it, then ``patch(module)``.
+
+    A wrapper, never an edit of the loader found: on Windows the standard library
+    sits in one zip whose single zipimporter loads every module from it, so
+    editing that loader would patch every module imported after."""
+
+    def __init__(self, loader, patch):
+        self.loader, self.patch = loader, patch
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        self.patch(module)
+
+
+def patched_spec(name, path, patch):
+    """The spec the path finders give ``name``, its loader wrapped to ``patch`` the module."""
+    from importlib.machinery import PathFinder
+
+    spec = PathFinder.find_spec(name, path)
+    if spec is not None and hasattr(spec.loader, "exec_module"):
+        spec.loader = PatchingLoader(spec.loader, patch)
+    return spec
+
+
 class _CtypesFinder:
-    """Finds nothing itself: wraps the loader of ``ctypes`` found by the rest of the path."""
+    """Finds nothing itself: has ``ctypes`` patched once the usual loader ran it."""
 
     def __init__(self, libpython):
         self.libpython = libpython
@@ -300,17 +328,5 @@ class _CtypesFinder:
     def find_spec(self, name, path=None, target=None):
         if name != "ctypes":
             return None
-        from importlib.machinery import PathFinder
-
-        spec = PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
         libpython = self.libpython
-
-        def exec_and_point(module):
-            exec_module(module)
-            _point_pythonapi(module, libpython)
-
-        spec.loader.exec_module = exec_and_point
-        return spec
+        return patched_spec(name, path, lambda module: _point_pythonapi(module, libpython))

@@ -578,3 +578,27 @@ def test_threading_signal_and_os_tests_run_to_the_end_in_a_clone(tmp_path):
     assert set(modules) == set(HEAVY_MODULES)
     assert all(m["run"] == m["host_count"] > 0 for m in modules.values()), modules
     assert not _unexplained(modules)
+
+
+def test_patching_an_import_never_edits_a_shared_loader(tmp_path):
+    """On Windows the standard library is one zip with one zipimporter for every module:
+    patching ctypes by editing its loader patched every later import (they all failed
+    under Wine). The patch wraps the loader instead; shown here with a zip of two modules."""
+    import importlib.util
+    import zipfile
+
+    from gilclone.cloner import inclone_guards
+
+    archive = tmp_path / "lib.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("zmod_patched.py", "value = 1\n")
+        z.writestr("zmod_other.py", "value = 2\n")
+    seen = []
+    spec = inclone_guards.patched_spec("zmod_patched", [str(archive)], seen.append)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.value == 1 and seen == [module]
+    other_spec = importlib.machinery.PathFinder.find_spec("zmod_other", [str(archive)])
+    other = importlib.util.module_from_spec(other_spec)
+    other_spec.loader.exec_module(other)
+    assert other.value == 2 and seen == [module], "the other module of the zip was patched too"
