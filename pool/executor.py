@@ -14,6 +14,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import weakref
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
@@ -166,10 +167,26 @@ class ClonePool(Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
-            return Executor.map(self, fn, *iterables, timeout=timeout)
-        chunks = _chunks(zip(*iterables), chunksize)
-        results = Executor.map(self, partial(inclone.run_chunk, fn), chunks, timeout=timeout)
+            return _results(self._submit_all(fn, zip(*iterables), self._task_timeout), timeout)
+        chunks = ((chunk,) for chunk in _chunks(zip(*iterables), chunksize))
+        results = _results(self._submit_all(partial(inclone.run_chunk, fn), chunks, self._task_timeout), timeout)
         return itertools.chain.from_iterable(results)
+
+    def _submit_all(self, fn, arg_tuples, timeout) -> List[Future]:
+        """submit(fn, *args) for each of ``arg_tuples``, taking the pool's lock once: the
+        per-task cost of map is mostly this thread's, so it is kept lean."""
+        state, futures = self._state, []
+        with state.lock:
+            for args in arg_tuples:
+                if state.broken is not None:
+                    raise BrokenClonePool(state.broken)
+                if state.shutdown or _exiting:
+                    raise RuntimeError("cannot schedule new futures after shutdown")
+                future = Future()
+                state.queue.put(_WorkItem(future, fn, args, {}, timeout))
+                futures.append(future)
+                self._adjust_thread_count()
+        return futures
 
     def shutdown(self, wait=True, *, cancel_futures=False) -> None:
         """As Executor.shutdown; ``cancel_futures=True`` also interrupts running tasks.
@@ -232,10 +249,10 @@ class ClonePool(Executor):
     # -- workers -------------------------------------------------------------------
 
     def _adjust_thread_count(self) -> None:
+        if len(self._threads) >= self._max_workers:
+            return  # checked first: the semaphore costs a lock on every submit
         if self._state.idle.acquire(timeout=0):
             return  # a worker is waiting for work
-        if len(self._threads) >= self._max_workers:
-            return
 
         def wake_on_collect(_, q=self._state.queue):
             q.put(None)
@@ -262,6 +279,13 @@ class PoolOptions(Executor):
 
     map = ClonePool.map
 
+    @property
+    def _task_timeout(self):
+        return self._timeout
+
+    def _submit_all(self, fn, arg_tuples, timeout) -> List[Future]:
+        return self._pool._submit_all(fn, arg_tuples, timeout)
+
     def shutdown(self, wait=True, *, cancel_futures=False) -> None:
         raise TypeError("shut the pool down, not a view of its options")
 
@@ -271,16 +295,25 @@ def _worker(pool_ref, state: _PoolState, source: _CloneSource, setup) -> None:
     worker = _start_worker(state, source, setup)
     if worker is None:
         return
+    pace = _Pace()
+    item = None  # an item taken from the queue that did not fit the last batch
     try:
         while True:
-            try:
-                item = state.queue.get_nowait()
-            except queue.Empty:
-                worker.idle()
-                item = state.queue.get()
+            if item is None:
+                try:
+                    item = state.queue.get_nowait()
+                except queue.Empty:
+                    worker.idle()
+                    item = state.queue.get()
             if item is not None:
-                _run_item(state, worker, item)
-                del item
+                t0 = time.perf_counter()
+                items, item = _gather(state, item, pace.allows(item))
+                if len(items) > 1:
+                    _run_batch(state, worker, items)
+                else:
+                    _run_item(state, worker, items[0])
+                pace.update(items[0].fn, len(items), time.perf_counter() - t0)
+                del items
                 state.idle.release()
                 continue
             pool = pool_ref()
@@ -324,12 +357,91 @@ def _break(state: _PoolState, reason: str, cause: BaseException) -> None:
         state.fail_pending(cause)
 
 
-def _run_item(state: _PoolState, worker: WorkerContext, item: _WorkItem) -> None:
+class _Pace:
+    """How many queued tasks a worker may take at once: tasks of the function it ran last,
+    as many as that function's last run suggests fit in ``BATCH_SECONDS``. A single task
+    while they are slow or unknown, so that long tasks spread over the workers, stay
+    cancellable while queued, and hold back no finished results of their batch."""
+
+    BATCH_SECONDS = 0.0005
+    MAX = 256
+
+    def __init__(self):
+        self.fn = None
+        self.limit = 1
+
+    def update(self, fn, tasks: int, seconds: float) -> None:
+        per_task = seconds / tasks
+        self.fn = fn
+        self.limit = max(1, min(self.MAX, int(self.BATCH_SECONDS / max(per_task, 1e-7))))
+
+    def allows(self, item: _WorkItem) -> int:
+        return self.limit if item.fn is self.fn and item.timeout is None else 1
+
+
+def _gather(state: _PoolState, first: _WorkItem, limit: int):
+    """(items for one call, the item taken but left out): ``first`` and the tasks of the
+    same function queued behind it, up to ``limit`` and a fair share of the queue, while
+    they have no time limit (a limit starts with its task, which the host sees only one
+    by one)."""
+    items = [first]
+    limit = min(limit, 1 + state.queue.qsize() // max(1, len(state.workers)))
+    while len(items) < limit:
+        try:
+            item = state.queue.get_nowait()
+        except queue.Empty:
+            break
+        if item is None or item.timeout is not None or item.fn is not first.fn:
+            return items, item
+        items.append(item)
+    return items, None
+
+
+def _run_batch(state: _PoolState, worker: WorkerContext, items) -> None:
+    """Run ``items`` in one call into the clone; each future gets its own result. Their
+    futures all turn running when the call starts, as a process pool's do when their
+    items enter its call queue."""
+    live = []
+    for item in items:
+        if state.broken is not None:
+            item.future.set_exception(BrokenClonePool(state.broken))
+        elif item.future.set_running_or_notify_cancel():
+            live.append(item)
+    data = worker.pickle_batch([(i.fn, i.args, i.kwargs) for i in live]) if len(live) > 1 else None
+    if data is None:
+        for item in live:
+            _run_item(state, worker, item, started=True)
+        return
+    tasks = [next(_task_ids) for _ in live]
+    for item, task in zip(live, tasks):
+        state.running[item.future] = (worker, task)
+    try:
+        outcomes = worker.call_batch(tasks, data)
+    except BaseException as exc:
+        outcomes = [(None, (False, exc))] * len(live)
+    finally:
+        del data
+        worker.end()
+        for item in live:
+            del state.running[item.future]
+    if outcomes is None:  # the clone could not read them together
+        for item in live:
+            _run_item(state, worker, item, started=True)
+        return
+    worker.tasks += len(live)
+    for item, (_, (ok, value)) in zip(live, outcomes):
+        if ok:
+            item.future.set_result(value)
+        else:
+            item.future.set_exception(value)
+
+
+def _run_item(state: _PoolState, worker: WorkerContext, item: _WorkItem, started=False) -> None:
     future = item.future
     if state.broken is not None:
         future.set_exception(BrokenClonePool(state.broken))
         return
-    if not future.set_running_or_notify_cancel():
+    if not started and not future.set_running_or_notify_cancel():
         return
     task = next(_task_ids)
     worker.begin(task)
@@ -381,6 +493,24 @@ def _checked_set(clones, python) -> store.CloneSet:
             "tasks are pickled by reference, so the pool needs clones of its own version"
         )
     return cset
+
+
+def _results(futures, timeout):
+    """The results of ``futures`` in order, as Executor.map yields them (its iterator,
+    without the per-item submit)."""
+    if timeout is not None:
+        end_time = timeout + time.monotonic()
+    futures.reverse()  # popped from the end: the first result first
+    try:
+        while futures:
+            future = futures.pop()
+            if timeout is None:
+                yield future.result()
+            else:
+                yield future.result(end_time - time.monotonic())
+    finally:
+        for future in futures:
+            future.cancel()
 
 
 def _chunks(iterator, size):
