@@ -19,18 +19,22 @@ import weakref
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from functools import partial
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
-from gilclone.cloner import store
-from gilclone.cloner.load import clone_for
 from gilclone.cloner.naming import MAX_CLONES
-from gilclone.cloner.prepare import ensure_set
 from gilclone.pool import deadlines, inclone
 from gilclone.pool.errors import BrokenClonePool, TaskInterrupted
 from gilclone.pool.stats import WorkerStats, available_cpus
-from gilclone.pool.worker import WorkerContext, main_module_location
 
 from gilclone.errors import GilcloneError, PythonVersionError
+
+# The cloner (set look-up, integrity checks, ELF reading) and the worker are imported when
+# the first worker starts, not with this module: every clone re-runs the main script, whose
+# `from gilclone.pool import ClonePool` would otherwise import them all again, in the clone,
+# before its first task (~80 ms of a ~110 ms first result, measured; bench/README.md).
+if TYPE_CHECKING:
+    from gilclone.cloner import store
+    from gilclone.pool.worker import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +57,12 @@ class _CloneSource:
 
     def __init__(self, clones, python):
         self._clones, self._python = clones, python
-        self._cset: Optional[store.CloneSet] = None
+        self._cset: "Optional[store.CloneSet]" = None
         self._lock = threading.Lock()
         if clones is not None:
             self.get()  # a given set is read now: a wrong one is the caller's error
 
-    def get(self) -> store.CloneSet:
+    def get(self) -> "store.CloneSet":
         with self._lock:
             if self._cset is None:
                 self._cset = _checked_set(self._clones, self._python)
@@ -74,8 +78,8 @@ class _PoolState:
         self.shutdown = False
         self.broken: Optional[str] = None
         self.running: Dict[Future, tuple] = {}  # future -> (worker, task id)
-        self.workers: List[WorkerContext] = []
-        self.records: List[store.CloneRecord] = []
+        self.workers: "List[WorkerContext]" = []
+        self.records: "List[store.CloneRecord]" = []
         self.idle = threading.Semaphore(0)
 
     def fail_pending(self, cause=None) -> None:
@@ -141,6 +145,8 @@ class ClonePool(Executor):
         self._max_workers = max_workers
         self._task_timeout = _checked_timeout(task_timeout)
         self._source = _CloneSource(clones, python)
+        from gilclone.pool.worker import main_module_location
+
         self._setup = (initializer, tuple(initargs), list(sys.path), main_module_location())
         self._state = _PoolState()
         self._records = self._state.records  # the clones started workers hold
@@ -326,7 +332,10 @@ def _worker(pool_ref, state: _PoolState, source: _CloneSource, setup) -> None:
         _release([worker.clone.record])
 
 
-def _start_worker(state: _PoolState, source: _CloneSource, setup) -> Optional[WorkerContext]:
+def _start_worker(state: _PoolState, source: _CloneSource, setup) -> "Optional[WorkerContext]":
+    from gilclone.cloner.load import clone_for
+    from gilclone.pool.worker import WorkerContext
+
     initializer, initargs, sys_path, (main_path, main_name) = setup
     worker = record = None
     try:
@@ -397,7 +406,7 @@ def _gather(state: _PoolState, first: _WorkItem, limit: int):
     return items, None
 
 
-def _run_batch(state: _PoolState, worker: WorkerContext, items) -> None:
+def _run_batch(state: _PoolState, worker: "WorkerContext", items) -> None:
     """Run ``items`` in one call into the clone; each future gets its own result. Their
     futures all turn running when the call starts, as a process pool's do when their
     items enter its call queue."""
@@ -436,7 +445,7 @@ def _run_batch(state: _PoolState, worker: WorkerContext, items) -> None:
             item.future.set_exception(value)
 
 
-def _run_item(state: _PoolState, worker: WorkerContext, item: _WorkItem, started=False) -> None:
+def _run_item(state: _PoolState, worker: "WorkerContext", item: _WorkItem, started=False) -> None:
     future = item.future
     if state.broken is not None:
         future.set_exception(BrokenClonePool(state.broken))
@@ -479,7 +488,10 @@ def _checked_timeout(timeout):
     return timeout
 
 
-def _checked_set(clones, python) -> store.CloneSet:
+def _checked_set(clones, python) -> "store.CloneSet":
+    from gilclone.cloner import store
+    from gilclone.cloner.prepare import ensure_set
+
     if clones is None:
         cset = ensure_set(1, python=python)
     elif isinstance(clones, store.CloneSet):
@@ -521,9 +533,11 @@ def _chunks(iterator, size):
         yield chunk
 
 
-def _lease(cset: store.CloneSet, count: int) -> List[store.CloneRecord]:
+def _lease(cset: "store.CloneSet", count: int) -> "List[store.CloneRecord]":
     """Take ``count`` clones of the set that no live pool in this process uses, preparing
     more when there are too few (``cset`` may be an older reading of a set grown since)."""
+    from gilclone.cloner.prepare import ensure_set
+
     with _lease_lock:
         while True:
             free = [r for r in cset.clones if r.libpython not in _leased]
