@@ -32,7 +32,11 @@ test: setup-test lint
 test-fast: setup-test lint
 	$(PY) -m pytest -q -ra -m "not slow" --durations=5 $(PYTEST_ARGS)
 
-bench: setup
+$(VENV)/.stamp-bench: $(VENV)/.stamp
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.stamp-bench
 	$(PY) bench/run.py
 
 clean:
