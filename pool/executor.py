@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 from gilclone.cloner.naming import MAX_CLONES
 from gilclone.pool import deadlines, inclone
 from gilclone.pool.errors import BrokenClonePool, TaskInterrupted
-from gilclone.pool.stats import WorkerStats, available_cpus
 
 from gilclone.errors import GilcloneError, PythonVersionError
 
@@ -34,6 +33,7 @@ from gilclone.errors import GilcloneError, PythonVersionError
 # before its first task (~80 ms of a ~110 ms first result, measured; bench/README.md).
 if TYPE_CHECKING:
     from gilclone.cloner import store
+    from gilclone.pool.stats import WorkerStats
     from gilclone.pool.worker import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,8 @@ class ClonePool(Executor):
                 "main script with `if __name__ == '__main__':`"
             )
         if max_workers is None:
+            from gilclone.pool.stats import available_cpus  # dataclasses, inspect: not for clones
+
             max_workers = available_cpus()
         if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
@@ -243,8 +245,10 @@ class ClonePool(Executor):
         seconds (None: no limit), instead of the pool's ``task_timeout``."""
         return PoolOptions(self, _checked_timeout(timeout))
 
-    def stats(self) -> List[WorkerStats]:
+    def stats(self) -> "List[WorkerStats]":
         """Per started worker: its clone, tasks run, CPU time, transport sizes."""
+        from gilclone.pool.stats import WorkerStats
+
         return [WorkerStats.of(w) for w in list(self._state.workers)]
 
     @property
