@@ -184,6 +184,7 @@ class ClonePool(Executor):
         """submit(fn, *args) for each of ``arg_tuples``, taking the pool's lock once: the
         per-task cost of map is mostly this thread's, so it is kept lean."""
         state, futures = self._state, []
+        arg_tuples = list(arg_tuples)  # the caller's iterables run outside the lock (they may submit)
         with state.lock:
             for args in arg_tuples:
                 if state.broken is not None:

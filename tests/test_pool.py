@@ -311,6 +311,12 @@ def test_foreign_calls_per_task_are_few():
     assert burst["PyObject_CallObject"] < 100, burst
 
 
+def test_map_arguments_may_come_from_the_same_pool(pool):
+    # map reads its iterables before it takes the pool's lock: this one submits meanwhile.
+    args = (pool.submit(tasks.echo, i).result() for i in range(5))
+    assert list(pool.map(tasks.add, args, range(5))) == [0, 2, 4, 6, 8]
+
+
 def test_batched_tasks_each_get_their_own_result_or_error():
     with ClonePool(1) as p:
         # Queued behind a sleeping task, calls of one function go in batches once one has run.
