@@ -312,9 +312,15 @@ def test_foreign_calls_per_task_are_few():
 
 
 def test_map_arguments_may_come_from_the_same_pool(pool):
-    # map reads its iterables before it takes the pool's lock: this one submits meanwhile.
+    # map reads its iterables before it takes the pool's lock: this one submits meanwhile
+    # (run on a daemon thread, so that a deadlock fails the test instead of hanging it).
     args = (pool.submit(tasks.echo, i).result() for i in range(5))
-    assert list(pool.map(tasks.add, args, range(5))) == [0, 2, 4, 6, 8]
+    out = []
+    t = threading.Thread(target=lambda: out.extend(pool.map(tasks.add, args, range(5))), daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "map deadlocked on an iterable that submits to the same pool"
+    assert out == [0, 2, 4, 6, 8]
 
 
 def test_batched_tasks_each_get_their_own_result_or_error():
