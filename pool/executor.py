@@ -81,6 +81,7 @@ class _PoolState:
         self.workers: "List[WorkerContext]" = []
         self.records: "List[store.CloneRecord]" = []
         self.idle = threading.Semaphore(0)
+        self.cancelling = False  # cancel_pending ran: a worker drops the item it holds back too
 
     def fail_pending(self, cause=None) -> None:
         while True:
@@ -96,6 +97,7 @@ class _PoolState:
             item.future.set_exception(err)
 
     def cancel_pending(self) -> None:
+        self.cancelling = True
         while True:
             try:
                 item = self.queue.get_nowait()
@@ -325,6 +327,9 @@ def _worker(pool_ref, state: _PoolState, source: _CloneSource, setup) -> None:
                     _run_item(state, worker, items[0])
                 pace.update(items[0].fn, len(items), time.perf_counter() - t0)
                 del items
+                if item is not None and state.cancelling:
+                    item.future.cancel()  # taken from the queue but left out of the batch
+                    item = None
                 state.idle.release()
                 continue
             pool = pool_ref()
@@ -377,7 +382,7 @@ class _Pace:
     while they are slow or unknown, so that long tasks spread over the workers, stay
     cancellable while queued, and hold back no finished results of their batch."""
 
-    BATCH_SECONDS = 0.0005
+    BATCH_SECONDS = 0.001
     MAX = 256
 
     def __init__(self):

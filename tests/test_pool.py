@@ -308,7 +308,7 @@ def test_foreign_calls_per_task_are_few():
     assert sum(with_shared.values()) == (4 + 2 + 2) * 10, with_shared
     # Queued tiny tasks go in batches: far fewer runner calls than tasks.
     assert sum(burst.values()) < 3 * 200, burst
-    assert burst["PyObject_CallObject"] < 100, burst
+    assert burst["PyObject_CallObject"] < 200, burst  # typically 3: how many depends on timing
 
 
 def test_map_arguments_may_come_from_the_same_pool(pool):
