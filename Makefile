@@ -42,7 +42,12 @@ $(VENV)/.stamp-docs: $(VENV)/.stamp
 docs: $(VENV)/.stamp-docs
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
-bench: setup
+
+$(VENV)/.stamp-bench: $(VENV)/.stamp
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.stamp-bench
 	$(PY) bench/run.py
 
 clean:

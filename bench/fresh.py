@@ -70,19 +70,54 @@ def run_child(mode, peer, workers, timeout=180):
     raise RuntimeError(f"child exited {proc.returncode}: {tail}")
 
 
+def first_line_ms(argv, timeout=120):
+    """Wall time from starting ``argv`` to its first line on stdout (it then runs to its end)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCH_DIR)
+    try:
+        line = proc.stdout.readline()
+        elapsed = (time.perf_counter() - t0) * 1e3
+        _, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if not line.startswith("FIRST"):
+        tail = (err.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"child exited {proc.returncode}: {tail}")
+    return elapsed
+
+
+def whole_process_ms(peer, workers):
+    """A user's script, start to first result: interpreter, imports, pool, first task."""
+    return first_line_ms([sys.executable, os.path.join(BENCH_DIR, "first_result.py"), peer, str(workers)])
+
+
+def bare_python_ms():
+    return first_line_ms([sys.executable, "-c", "print('FIRST')"])
+
+
 def startup_phase(run, available):
     peers = [p for p in run.peers if p in available and p != "serial"]
     samples = {p: [] for p in peers}
+    whole = {p: [] for p in peers}
+    bare = []
     for p in peers:  # one untimed run each: warm caches (and the clone set)
-        run.attempt(["startup_ms"], p, lambda p=p: run_child("startup", p, run.s.workers))
+        run.attempt(["startup_ms", "first_result_ms"], p, lambda p=p: (
+            run_child("startup", p, run.s.workers), whole_process_ms(p, run.s.workers)))
     for _ in range(run.s.startup_reps):  # interleaved, so that noise spreads over all peers
+        bare.append(bare_python_ms())
         for p in peers:
             if ("startup_ms", p) not in run.notes:
-                run.attempt(["startup_ms"], p, lambda p=p: samples[p].append(
-                    run_child("startup", p, run.s.workers)["ms"]))
+                run.attempt(["startup_ms", "first_result_ms"], p, lambda p=p: (
+                    samples[p].append(run_child("startup", p, run.s.workers)["ms"]),
+                    whole[p].append(whole_process_ms(p, run.s.workers))))
     for p in peers:
         if samples[p]:
             run.put("startup_ms", p, statistics.median(samples[p]), samples[p])
+        if whole[p]:
+            run.put("first_result_ms", p, statistics.median(whole[p]), whole[p])
+    run.put("first_result_ms", "serial", statistics.median(bare), bare)  # no pool: the bare start
     if "serial" in run.peers:
         run.note(["startup_ms", "mem_rss_mib", "mem_pss_mib"], "serial", "no pool")
 

@@ -13,6 +13,7 @@ import platform
 import time
 
 import workloads
+from busy import busy_reasons
 from fresh import memory_phase, run_child, startup_phase
 from inprocess import in_process_phases
 from peers import PEERS, Unavailable, numpy_available, pool_factory
@@ -28,6 +29,11 @@ def parse(argv):
     ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes (smoke test)")
     ap.add_argument("--workers", type=int, default=2, help="workers per pool (default 2)")
+    cpus = os.cpu_count() or 1
+    default_counts = sorted({1, cpus, 2 * cpus})
+    ap.add_argument("--scaling", default=",".join(map(str, default_counts)),
+                    help="worker counts of the scaling phase (default 1, the CPU count, twice that: "
+                    + ",".join(map(str, default_counts)) + ")")
     ap.add_argument("--only", default=",".join(PHASES), help="comma-separated phases: " + ",".join(PHASES))
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers: " + ",".join(PEERS))
     ap.add_argument(
@@ -44,6 +50,12 @@ def parse(argv):
             ap.error(f"unknown {name}(s) {', '.join(bad)}; choose from {', '.join(allowed)}")
     if args.workers < 1:
         ap.error("--workers must be at least 1")
+    try:
+        args.scaling_counts = sorted({int(c) for c in args.scaling.split(",") if c})
+    except ValueError:
+        ap.error(f"--scaling takes worker counts separated by commas, not {args.scaling!r}")
+    if any(c < 1 for c in args.scaling_counts):
+        ap.error("--scaling counts must be at least 1")
     partial = args.quick or set(phases) != set(PHASES) or set(peers) != set(PEERS)
     if args.out is None and not partial:
         args.out = RESULTS_DIR
@@ -56,13 +68,19 @@ def main(argv):
     args = parse(argv)
     started = time.perf_counter()
     load_before = _load_average()
+    busy_before = busy_reasons()
+    for reason in busy_before:
+        log(f"BUSY MACHINE before the run: {reason}")
     run = Run(Settings(args.quick, args.workers), args.peer_list, args.phases)
     available = available_peers(run)
     if "clone" in available and not warm_clone_cache(run, args.workers):
         del available["clone"]
     run_phases(run, available)
+    if "scaling" in run.phases:
+        scaling_phase(run, available, args.scaling_counts)
     targets = evaluate_targets(run)
     meta = run_meta(run, args, load_before, started)
+    meta["busy"] = [f"before: {r}" for r in busy_before] + [f"after: {r}" for r in busy_reasons()]
     print_report(run, meta, targets)
     if args.out:
         write_files(args.out, run, meta, targets)
@@ -105,6 +123,30 @@ def run_phases(run, available):
     if "memory" in run.phases:
         log("memory in fresh processes ...")
         memory_phase(run, available)
+
+
+def scaling_phase(run, available, counts):
+    """CPU-bound speed-up over serial for each worker count (each count's pools made anew)."""
+    peers = [p for p in run.peers if p in available]
+    if "serial" not in peers:
+        log("scaling: needs the serial peer; skipped")
+        return
+    expected = {"cpu": workloads.cpu_loop(run.s.cpu_n)}
+    for w in counts:
+        if w == run.s.workers and "cpu_speedup" in _measured_rows(run):
+            run.scaling[w] = dict(run.values["cpu_speedup"])
+            continue
+        log(f"scaling: {w} workers ...")
+        settings = Settings(run.s.quick, w)
+        settings.cpu_reps = min(settings.cpu_reps, 3)
+        sub = Run(settings, peers, ["cpu"])
+        in_process_phases(sub, {p: available[p] for p in peers}, None, expected)
+        speedups(sub, "cpu_s", "cpu_speedup")
+        run.scaling[w] = dict(sub.values["cpu_speedup"])
+
+
+def _measured_rows(run):
+    return {row for row, values in run.values.items() if values}
 
 
 def reference_results(run):

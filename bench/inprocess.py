@@ -76,15 +76,15 @@ def _warm_up(pool, workers, with_numpy):
 def measures(s, phases, bench) -> List[Measure]:
     out = []
     if "cpu" in phases:
-        out.append(Measure("cpu_s", ["cpu_speedup"], s.cpu_reps, min, None, bench.cpu))
+        out.append(Measure("cpu_s", ["cpu_speedup"], s.cpu_reps, statistics.median, None, bench.cpu))
     if "tiny" in phases:
-        out.append(Measure("tiny_us", [], s.tiny_reps, min, None, bench.tiny))
+        out.append(Measure("tiny_us", [], s.tiny_reps, statistics.median, None, bench.tiny))
     if "share" in phases:
         out.append(Measure("share_handover_ms", [], s.share_reps, statistics.median, None, bench.handover))
         out.append(Measure("share_sum_ms", [], max(1, s.share_reps - 2), statistics.median, None,
                            bench.full_sum))
     if "numpy" in phases:
-        out.append(Measure("numpy_s", ["numpy_speedup"], s.numpy_reps, min, bench.warm_numpy,
+        out.append(Measure("numpy_s", ["numpy_speedup"], s.numpy_reps, statistics.median, bench.warm_numpy,
                            bench.numpy_run))
     return out
 

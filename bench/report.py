@@ -1,10 +1,11 @@
-"""What a run shows: the tables and targets on stdout, and latest.md / .json / .png."""
+"""What a run shows: the tables and targets on stdout, and latest.md / .json and the charts."""
 
 import json
 import os
 
+import charts
 from peers import PEER_TITLES, numpy_available
-from runs import ROWS
+from runs import ROWS, log
 
 
 def fmt(value):
@@ -34,7 +35,8 @@ def row_label(run, row):
 
 
 def row_phase(row):
-    return {"mem": "memory"}.get(row.split("_")[0], row.split("_")[0])
+    first = row.split("_")[0]
+    return {"mem": "memory", "first": "startup"}.get(first, first)
 
 
 def shown_rows(run):
@@ -103,7 +105,9 @@ def notes_lines(run):
 
 
 def meta_lines(meta):
-    return [
+    busy = meta.get("busy") or []
+    warning = [f"BUSY MACHINE: {'; '.join(busy)}: the numbers below are lower than this machine gives idle"] if busy else []
+    return warning + [
         f"Python {meta['python']} on {meta['platform']}, {meta['cpus']} CPUs, {meta['workers']} workers"
         f"{', QUICK run' if meta['quick'] else ''}; {meta['date']}",
         "load average (1/5/15 min) before: {} after: {}; run took {:.0f} s".format(
@@ -133,10 +137,23 @@ def print_report(run, meta, targets):
 
 def write_files(folder, run, meta, targets):
     os.makedirs(folder, exist_ok=True)
+    meta["charts"] = write_charts(folder, run, meta)
     write_markdown(os.path.join(folder, "latest.md"), run, meta, targets)
     write_json(os.path.join(folder, "latest.json"), run, meta, targets)
-    write_png(os.path.join(folder, "latest.png"), run)
-    print(f"\nwrote {os.path.join(folder, 'latest')}.md/.json/.png")
+    print(f"\nwrote {os.path.join(folder, 'latest')}.md/.json and {len(meta['charts'])} charts")
+
+
+def write_charts(folder, run, meta):
+    plt = charts.pyplot()
+    if plt is None:
+        log("no charts: matplotlib is not installed (`make bench` installs the bench extra)")
+        return []
+    by_phase = {}
+    for row in shown_rows(run):
+        by_phase.setdefault(row_phase(row), []).append(row)
+    names = charts.workload_charts(plt, folder, run, by_phase, lambda r: row_label(run, r))
+    scaling = charts.scaling_chart(plt, folder, run.scaling, meta["cpus"] or 1) if run.scaling else None
+    return names + ([scaling] if scaling else [])
 
 
 def write_markdown(path, run, meta, targets):
@@ -144,6 +161,11 @@ def write_markdown(path, run, meta, targets):
     lines = ["# ClonePool benchmark", ""] + [f"{m}  " for m in meta_lines(meta)] + [""]
     lines += table + ["", "## ClonePool against each peer", ""] + ratios + ["", "## Targets", ""]
     lines += [f"- **{t['status']}** — {t['target']}: {t['detail']}" for t in targets]
+    lines += ["", "## Spread (fastest - slowest sample; the tables show medians)", ""] + spread_lines(run)
+    if run.scaling:
+        lines += ["", "## CPU-bound speed-up against worker count (medians)", ""] + scaling_lines(run)
+    if meta.get("charts"):
+        lines += ["", "## Charts", ""] + [f"![{name}]({name})" for name in meta["charts"]]
     notes = notes_lines(run)
     if notes:
         lines += ["", "## Not measured", ""] + [f"- {n}" for n in notes]
@@ -152,10 +174,32 @@ def write_markdown(path, run, meta, targets):
         f.write("\n".join(lines))
 
 
+def spread_lines(run):
+    head = ["workload"] + [PEER_TITLES[p] for p in run.peers]
+    body = []
+    for row in shown_rows(run):
+        cells = []
+        for p in run.peers:
+            samples = run.samples[row].get(p)
+            cells.append(f"{fmt(min(samples))} - {fmt(max(samples))}" if samples else "")
+        if any(cells):
+            body.append([row_label(run, row)[0]] + cells)
+    return _table(head, body, True)
+
+
+def scaling_lines(run):
+    counts = sorted(run.scaling)
+    peers = [p for p in run.peers if any(p in run.scaling[w] for w in counts)]
+    head = ["workers"] + [PEER_TITLES[p] for p in peers]
+    body = [[str(w)] + [fmt(run.scaling[w].get(p)) for p in peers] for w in counts]
+    return _table(head, body, True)
+
+
 def write_json(path, run, meta, targets):
     data = {
         "meta": meta,
         "peers": run.peers,
+        "scaling": {str(w): v for w, v in sorted(run.scaling.items())},
         "rows": {row: _json_row(run, row) for row in shown_rows(run)},
         "targets": targets,
     }
@@ -173,40 +217,3 @@ def _json_row(run, row):
         "samples": run.samples[row],
         "notes": {p: why for (r, p), why in run.notes.items() if r == row},
     }
-
-
-# The chart: one panel per row, one bar per peer, ClonePool in orange.
-_SCALE, _LINE_H, _LABEL_W, _WIDTH = 2, 16, 170, 900
-
-
-def write_png(path, run):
-    from pngcanvas import Canvas
-
-    rows = [r for r in shown_rows(run) if run.values[r].get("clone") is not None]
-    panel_h = 24 + _LINE_H * len(run.peers) + 10
-    canvas = Canvas(_WIDTH, 40 + panel_h * max(1, len(rows)))
-    canvas.text(10, 10, "CLONEPOOL VS PEERS, %d WORKERS (BARS NORMALISED PER ROW)" % run.s.workers, scale=_SCALE)
-    for i, row in enumerate(rows):
-        _png_panel(canvas, run, row, 40 + i * panel_h)
-    with open(path, "wb") as f:
-        f.write(canvas.png())
-
-
-def _png_panel(canvas, run, row, y):
-    label, unit, better = row_label(run, row)
-    title = f"{label} ({unit}, {better} is better)"
-    canvas.text(10, y, title[: (_WIDTH - 20) // (4 * _SCALE)], scale=_SCALE)
-    values = [v for v in run.values[row].values() if v is not None]
-    top = max(values) if values else 1.0
-    bar_room = _WIDTH - _LABEL_W - 90
-    for i, p in enumerate(run.peers):
-        yy = y + 20 + i * _LINE_H
-        canvas.text(10, yy + 2, PEER_TITLES[p], color=(60, 60, 60), scale=_SCALE)
-        value = run.values[row].get(p)
-        if value is None:
-            canvas.text(_LABEL_W, yy + 2, "n/a", color=(150, 150, 150), scale=_SCALE)
-            continue
-        length = max(1, int(bar_room * value / top)) if top > 0 else 1
-        color = (230, 120, 20) if p == "clone" else (90, 120, 170)
-        canvas.rect(_LABEL_W, yy, length, _LINE_H - 4, color)
-        canvas.text(_LABEL_W + length + 6, yy + 2, fmt(value), scale=_SCALE)

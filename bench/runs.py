@@ -5,7 +5,7 @@ import time
 
 from peers import Unavailable
 
-PHASES = ["cpu", "tiny", "startup", "share", "numpy", "memory"]
+PHASES = ["cpu", "tiny", "startup", "share", "numpy", "memory", "scaling"]
 
 # Rows of the table: key -> (label, unit, which direction is better)
 ROWS = {
@@ -13,6 +13,7 @@ ROWS = {
     "cpu_speedup": ("CPU-bound pure Python, speed-up over serial", "x", "higher"),
     "tiny_us": ("tiny tasks (map, chunksize=1), per task", "µs", "lower"),
     "startup_ms": ("start-up to first result (fresh process)", "ms", "lower"),
+    "first_result_ms": ("first result from process start, warm cache (serial: bare interpreter)", "ms", "lower"),
     "share_handover_ms": ("256 MiB buffer: hand-over (task reads 2 bytes)", "ms", "lower"),
     "share_sum_ms": ("256 MiB buffer: hand-over + sum", "ms", "lower"),
     "numpy_s": ("numpy eigvalsh 300x300, wall", "s", "lower"),
@@ -28,15 +29,15 @@ class Settings:
         self.quick = quick
         self.cpu_tasks = 4 * workers if not quick else 2 * workers
         self.cpu_n = 2_000_000 if not quick else 200_000
-        self.cpu_reps = 3 if not quick else 1
+        self.cpu_reps = 5 if not quick else 1
         self.tiny_n = 5000 if not quick else 500
-        self.tiny_reps = 3 if not quick else 1
+        self.tiny_reps = 7 if not quick else 1
         self.startup_reps = 5 if not quick else 2
         self.share_bytes = (256 if not quick else 16) << 20
         self.share_reps = 5 if not quick else 2
         self.numpy_tasks = 4 * workers if not quick else 2 * workers
         self.numpy_repeat = 10 if not quick else 2
-        self.numpy_reps = 2 if not quick else 1
+        self.numpy_reps = 3 if not quick else 1
         self.memory_reps = 2 if not quick else 1
 
 
@@ -65,6 +66,7 @@ class Run:
         self.values = {row: {} for row in ROWS}
         self.samples = {row: {} for row in ROWS}
         self.notes = {}  # (row or "*", peer) -> why there is no number
+        self.scaling = {}  # workers -> {peer: CPU-bound speed-up over serial}
 
     def put(self, row, peer, value, samples=None):
         self.values[row][peer] = value

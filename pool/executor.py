@@ -14,22 +14,27 @@ import os
 import queue
 import sys
 import threading
+import time
 import weakref
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from functools import partial
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
-from gilclone.cloner import store
-from gilclone.cloner.load import clone_for
 from gilclone.cloner.naming import MAX_CLONES
-from gilclone.cloner.prepare import ensure_set
 from gilclone.pool import deadlines, inclone
 from gilclone.pool.errors import BrokenClonePool, TaskInterrupted
-from gilclone.pool.stats import WorkerStats, available_cpus
-from gilclone.pool.worker import WorkerContext, main_module_location
 
 from gilclone.errors import GilcloneError, PythonVersionError
+
+# The cloner (set look-up, integrity checks, ELF reading) and the worker are imported when
+# the first worker starts, not with this module: every clone re-runs the main script, whose
+# `from gilclone.pool import ClonePool` would otherwise import them all again, in the clone,
+# before its first task (~80 ms of a ~110 ms first result, measured; bench/README.md).
+if TYPE_CHECKING:
+    from gilclone.cloner import store
+    from gilclone.pool.stats import WorkerStats
+    from gilclone.pool.worker import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ class _CloneSource:
 
     def __init__(self, clones, python):
         self._clones, self._python = clones, python
-        self._cset: Optional[store.CloneSet] = None
+        self._cset: "Optional[store.CloneSet]" = None
         self._lock = threading.Lock()
         # The default cache heals itself (a damaged clone is rebuilt before it is leased);
         # a given set is only checked, and a damaged clone in it refused (docs/security.md).
@@ -60,7 +65,7 @@ class _CloneSource:
         if clones is not None:
             self.get()  # a given set is read now: a wrong one is the caller's error
 
-    def get(self) -> store.CloneSet:
+    def get(self) -> "store.CloneSet":
         with self._lock:
             if self._cset is None:
                 self._cset = _checked_set(self._clones, self._python)
@@ -76,9 +81,10 @@ class _PoolState:
         self.shutdown = False
         self.broken: Optional[str] = None
         self.running: Dict[Future, tuple] = {}  # future -> (worker, task id)
-        self.workers: List[WorkerContext] = []
-        self.records: List[store.CloneRecord] = []
+        self.workers: "List[WorkerContext]" = []
+        self.records: "List[store.CloneRecord]" = []
         self.idle = threading.Semaphore(0)
+        self.cancelling = False  # cancel_pending ran: a worker drops the item it holds back too
 
     def fail_pending(self, cause=None) -> None:
         while True:
@@ -94,6 +100,7 @@ class _PoolState:
             item.future.set_exception(err)
 
     def cancel_pending(self) -> None:
+        self.cancelling = True
         while True:
             try:
                 item = self.queue.get_nowait()
@@ -141,6 +148,8 @@ class ClonePool(Executor):
                 "main script with `if __name__ == '__main__':`"
             )
         if max_workers is None:
+            from gilclone.pool.stats import available_cpus  # dataclasses, inspect: not for clones
+
             max_workers = available_cpus()
         if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
@@ -152,6 +161,8 @@ class ClonePool(Executor):
         self._max_workers = max_workers
         self._task_timeout = _checked_timeout(task_timeout)
         self._source = _CloneSource(clones, python)
+        from gilclone.pool.worker import main_module_location
+
         self._setup = (initializer, tuple(initargs), list(sys.path), main_module_location())
         self._state = _PoolState()
         self._records = self._state.records  # the clones started workers hold
@@ -194,10 +205,27 @@ class ClonePool(Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
-            return Executor.map(self, fn, *iterables, timeout=timeout)
-        chunks = _chunks(zip(*iterables), chunksize)
-        results = Executor.map(self, partial(inclone.run_chunk, fn), chunks, timeout=timeout)
+            return _results(self._submit_all(fn, zip(*iterables), self._task_timeout), timeout)
+        chunks = ((chunk,) for chunk in _chunks(zip(*iterables), chunksize))
+        results = _results(self._submit_all(partial(inclone.run_chunk, fn), chunks, self._task_timeout), timeout)
         return itertools.chain.from_iterable(results)
+
+    def _submit_all(self, fn, arg_tuples, timeout) -> List[Future]:
+        """submit(fn, *args) for each of ``arg_tuples``, taking the pool's lock once: the
+        per-task cost of map is mostly this thread's, so it is kept lean."""
+        state, futures = self._state, []
+        arg_tuples = list(arg_tuples)  # the caller's iterables run outside the lock (they may submit)
+        with state.lock:
+            for args in arg_tuples:
+                if state.broken is not None:
+                    raise BrokenClonePool(state.broken)
+                if state.shutdown or _exiting:
+                    raise RuntimeError("cannot schedule new futures after shutdown")
+                future = Future()
+                state.queue.put(_WorkItem(future, fn, args, {}, timeout))
+                futures.append(future)
+                self._adjust_thread_count()
+        return futures
 
     def shutdown(self, wait=True, *, cancel_futures=False) -> None:
         """As Executor.shutdown; ``cancel_futures=True`` also interrupts running tasks.
@@ -248,8 +276,10 @@ class ClonePool(Executor):
         seconds (None: no limit), instead of the pool's ``task_timeout``."""
         return PoolOptions(self, _checked_timeout(timeout))
 
-    def stats(self) -> List[WorkerStats]:
+    def stats(self) -> "List[WorkerStats]":
         """Per started worker: its clone, tasks run, CPU time, transport sizes."""
+        from gilclone.pool.stats import WorkerStats
+
         return [WorkerStats.of(w) for w in list(self._state.workers)]
 
     @property
@@ -260,10 +290,10 @@ class ClonePool(Executor):
     # -- workers -------------------------------------------------------------------
 
     def _adjust_thread_count(self) -> None:
+        if len(self._threads) >= self._max_workers:
+            return  # checked first: the semaphore costs a lock on every submit
         if self._state.idle.acquire(timeout=0):
             return  # a worker is waiting for work
-        if len(self._threads) >= self._max_workers:
-            return
 
         def wake_on_collect(_, q=self._state.queue):
             q.put(None)
@@ -291,6 +321,13 @@ class PoolOptions(Executor):
 
     map = ClonePool.map
 
+    @property
+    def _task_timeout(self):
+        return self._timeout
+
+    def _submit_all(self, fn, arg_tuples, timeout) -> List[Future]:
+        return self._pool._submit_all(fn, arg_tuples, timeout)
+
     def shutdown(self, wait=True, *, cancel_futures=False) -> None:
         """Refused: a view does not own the workers; shut the pool itself down."""
         raise TypeError("shut the pool down, not a view of its options")
@@ -301,16 +338,28 @@ def _worker(pool_ref, state: _PoolState, source: _CloneSource, setup) -> None:
     worker = _start_worker(state, source, setup)
     if worker is None:
         return
+    pace = _Pace()
+    item = None  # an item taken from the queue that did not fit the last batch
     try:
         while True:
-            try:
-                item = state.queue.get_nowait()
-            except queue.Empty:
-                worker.idle()
-                item = state.queue.get()
+            if item is None:
+                try:
+                    item = state.queue.get_nowait()
+                except queue.Empty:
+                    worker.idle()
+                    item = state.queue.get()
             if item is not None:
-                _run_item(state, worker, item)
-                del item
+                t0 = time.perf_counter()
+                items, item = _gather(state, item, pace.allows(item))
+                if len(items) > 1:
+                    _run_batch(state, worker, items)
+                else:
+                    _run_item(state, worker, items[0])
+                pace.update(items[0].fn, len(items), time.perf_counter() - t0)
+                del items
+                if item is not None and state.cancelling:
+                    item.future.cancel()  # taken from the queue but left out of the batch
+                    item = None
                 state.idle.release()
                 continue
             pool = pool_ref()
@@ -323,12 +372,16 @@ def _worker(pool_ref, state: _PoolState, source: _CloneSource, setup) -> None:
         _release([worker.clone.record])
 
 
-def _start_worker(state: _PoolState, source: _CloneSource, setup) -> Optional[WorkerContext]:
+def _start_worker(state: _PoolState, source: _CloneSource, setup) -> "Optional[WorkerContext]":
+    from gilclone.cloner.load import clone_for
+    from gilclone.pool.worker import WorkerContext
+
     initializer, initargs, sys_path, (main_path, main_name) = setup
     worker = record = None
     try:
         cset = source.get()
         record = _lease(cset, 1, source.heals)[0]
+        log.info("starting a worker on clone %d of %s", record.index, cset.root)
         worker = WorkerContext(clone_for(record, cset.python), sys_path, main_path, main_name)
         state.records.append(record)
         worker.initialize(initializer, initargs)
@@ -354,12 +407,91 @@ def _break(state: _PoolState, reason: str, cause: BaseException) -> None:
         state.fail_pending(cause)
 
 
-def _run_item(state: _PoolState, worker: WorkerContext, item: _WorkItem) -> None:
+class _Pace:
+    """How many queued tasks a worker may take at once: tasks of the function it ran last,
+    as many as that function's last run suggests fit in ``BATCH_SECONDS``. A single task
+    while they are slow or unknown, so that long tasks spread over the workers, stay
+    cancellable while queued, and hold back no finished results of their batch."""
+
+    BATCH_SECONDS = 0.001
+    MAX = 256
+
+    def __init__(self):
+        self.fn = None
+        self.limit = 1
+
+    def update(self, fn, tasks: int, seconds: float) -> None:
+        per_task = seconds / tasks
+        self.fn = fn
+        self.limit = max(1, min(self.MAX, int(self.BATCH_SECONDS / max(per_task, 1e-7))))
+
+    def allows(self, item: _WorkItem) -> int:
+        return self.limit if item.fn is self.fn and item.timeout is None else 1
+
+
+def _gather(state: _PoolState, first: _WorkItem, limit: int):
+    """(items for one call, the item taken but left out): ``first`` and the tasks of the
+    same function queued behind it, up to ``limit`` and a fair share of the queue, while
+    they have no time limit (a limit starts with its task, which the host sees only one
+    by one)."""
+    items = [first]
+    limit = min(limit, 1 + state.queue.qsize() // max(1, len(state.workers)))
+    while len(items) < limit:
+        try:
+            item = state.queue.get_nowait()
+        except queue.Empty:
+            break
+        if item is None or item.timeout is not None or item.fn is not first.fn:
+            return items, item
+        items.append(item)
+    return items, None
+
+
+def _run_batch(state: _PoolState, worker: "WorkerContext", items) -> None:
+    """Run ``items`` in one call into the clone; each future gets its own result. Their
+    futures all turn running when the call starts, as a process pool's do when their
+    items enter its call queue."""
+    live = []
+    for item in items:
+        if state.broken is not None:
+            item.future.set_exception(BrokenClonePool(state.broken))
+        elif item.future.set_running_or_notify_cancel():
+            live.append(item)
+    data = worker.pickle_batch([(i.fn, i.args, i.kwargs) for i in live]) if len(live) > 1 else None
+    if data is None:
+        for item in live:
+            _run_item(state, worker, item, started=True)
+        return
+    tasks = [next(_task_ids) for _ in live]
+    for item, task in zip(live, tasks):
+        state.running[item.future] = (worker, task)
+    try:
+        outcomes = worker.call_batch(tasks, data)
+    except BaseException as exc:
+        outcomes = [(None, (False, exc))] * len(live)
+    finally:
+        del data
+        worker.end()
+        for item in live:
+            del state.running[item.future]
+    if outcomes is None:  # the clone could not read them together
+        for item in live:
+            _run_item(state, worker, item, started=True)
+        return
+    worker.tasks += len(live)
+    for item, (_, (ok, value)) in zip(live, outcomes):
+        if ok:
+            item.future.set_result(value)
+        else:
+            item.future.set_exception(value)
+
+
+def _run_item(state: _PoolState, worker: "WorkerContext", item: _WorkItem, started=False) -> None:
     future = item.future
     if state.broken is not None:
         future.set_exception(BrokenClonePool(state.broken))
         return
-    if not future.set_running_or_notify_cancel():
+    if not started and not future.set_running_or_notify_cancel():
         return
     task = next(_task_ids)
     worker.begin(task)
@@ -397,7 +529,10 @@ def _checked_timeout(timeout):
     return timeout
 
 
-def _checked_set(clones, python) -> store.CloneSet:
+def _checked_set(clones, python) -> "store.CloneSet":
+    from gilclone.cloner import store
+    from gilclone.cloner.prepare import ensure_set
+
     if clones is None:
         cset = ensure_set(1, python=python)
     elif isinstance(clones, store.CloneSet):
@@ -413,6 +548,24 @@ def _checked_set(clones, python) -> store.CloneSet:
     return cset
 
 
+def _results(futures, timeout):
+    """The results of ``futures`` in order, as Executor.map yields them (its iterator,
+    without the per-item submit)."""
+    if timeout is not None:
+        end_time = timeout + time.monotonic()
+    futures.reverse()  # popped from the end: the first result first
+    try:
+        while futures:
+            future = futures.pop()
+            if timeout is None:
+                yield future.result()
+            else:
+                yield future.result(end_time - time.monotonic())
+    finally:
+        for future in futures:
+            future.cancel()
+
+
 def _chunks(iterator, size):
     while True:
         chunk = tuple(itertools.islice(iterator, size))
@@ -421,11 +574,13 @@ def _chunks(iterator, size):
         yield chunk
 
 
-def _lease(cset: store.CloneSet, count: int, heal: bool) -> List[store.CloneRecord]:
+def _lease(cset: "store.CloneSet", count: int, heal: bool) -> "List[store.CloneRecord]":
     """Take ``count`` clones of the set that no live pool in this process uses, preparing
     more when there are too few (``cset`` may be an older reading of a set grown since).
     ``heal``: check the chosen clones now and rebuild damaged ones (the default cache);
     otherwise each clone is checked when loaded, and a damaged one is refused."""
+    from gilclone.cloner.prepare import ensure_set
+
     with _lease_lock:
         while True:
             free = [r for r in cset.clones if r.libpython not in _leased]

@@ -17,7 +17,7 @@ import struct
 import sys
 import traceback
 
-from gilclone.pool import serialize
+from gilclone.pool import batches, serialize
 from gilclone.pool.interrupted import TaskInterrupted
 
 HEADER = 16
@@ -114,6 +114,13 @@ class Runner:
         del result
         return self._reply(OK, data)
 
+    def run_batch(self):
+        """Run several queued tasks in one call (layout and interrupts: batches.py)."""
+        try:
+            batches.run(self, (OK, ERROR, BAD_RESULT, NEED_SPACE), _call, _error_payload)
+        finally:
+            self._finish(())
+
     def _finish(self, views):
         global _views
         _views = ()
@@ -141,6 +148,14 @@ class Runner:
         status, data = self.pending
         self.pending = None
         self._reply(status, data)
+
+
+def _call(fn, args, kwargs):
+    """(status, result or pickled error) of one task of a batch."""
+    try:
+        return OK, fn(*args, **kwargs)
+    except BaseException as exc:  # TaskInterrupted too: the task's own error
+        return ERROR, _error_payload(exc)
 
 
 def load_pieces(payload, views):

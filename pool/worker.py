@@ -2,8 +2,10 @@
 
 Per task the host makes four foreign calls into the clone (take its GIL, call
 the runner, drop the result, release its GIL); a task with ``shared()``
-arguments adds two (the argument tuple) and two per argument. Arguments and
-results cross through a transport buffer that both sides address directly.
+arguments adds two (the argument tuple) and two per argument. Tiny tasks found
+queued together go in one call (``call_batch``; layout in batches.py).
+Arguments and results cross through a transport buffer that both sides address
+directly.
 """
 
 import ctypes
@@ -15,11 +17,11 @@ import sys
 import threading
 import time
 import warnings
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from gilclone.cloner.capi import Py_buffer, PyBUF_WRITE
 from gilclone.cloner.load import Clone
-from gilclone.pool import inclone, serialize, sharing
+from gilclone.pool import batches, inclone, serialize, sharing
 from gilclone.pool.errors import RemoteTraceback, TaskPicklingError
 
 from gilclone.errors import CloneLoadError
@@ -31,6 +33,7 @@ SHRINK_ABOVE = 1024 * 1024  # a transport grown past this goes back to INITIAL_B
 LARGE_TASK = 1024 * 1024  # a pickled task past this is sent in pieces (see _send_pieces)
 LARGE_PIECE = 64 * 1024  # pickle writes objects this large on their own (FRAME_SIZE_TARGET)
 PIECES_FLAG = 1 << 16  # byte 10 of the header
+BATCH_BYTES = 256 * 1024  # tasks pickled larger than this together go one by one
 _LENGTH = struct.Struct("<Q")
 _HEADER = struct.Struct("<QQ")  # payload length, status (see inclone.py)
 PyBUF_RECORDS = 0x1D  # writable, format, shape, strides
@@ -60,9 +63,12 @@ class WorkerContext:
         self._attached = False  # this thread holds the clone's GIL
         self._buffer = self._view = None
         self._runner = self._run = self._fetch = self._set_buffer = self._interrupt_type = None
+        self._run_batch = None
         self._interrupt_lock = threading.Lock()  # one interrupter at a time
         self._running: Optional[int] = None  # the task in the clone; changed holding its GIL
         self._sent: Optional[Tuple[int, str]] = None  # (task, reason) of the interrupt sent
+        self._batch: Optional[Dict[int, int]] = None  # task -> place in the batch in the clone
+        self.batch_sent: Dict[int, str] = {}  # task of the batch -> reason it was interrupted
         self.tasks = 0
         self.peak_transport = 0
         self.cpu_at_exit: Optional[float] = None
@@ -104,6 +110,7 @@ class WorkerContext:
         self._run = self._attr(self._runner, b"run")
         self._fetch = self._attr(self._runner, b"fetch")
         self._set_buffer = self._attr(self._runner, b"set_buffer")
+        self._run_batch = self._attr(self._runner, b"run_batch")
 
     def _attr(self, obj: int, name: bytes) -> int:
         return self._checked(self.clone.api.PyObject_GetAttrString(obj, name), f"find {name.decode()}")
@@ -149,11 +156,13 @@ class WorkerContext:
         api = self.clone.api
         self._enter()
         try:
-            for obj in (self._run, self._fetch, self._set_buffer, self._runner, self._interrupt_type):
+            for obj in (self._run, self._run_batch, self._fetch, self._set_buffer, self._runner,
+                        self._interrupt_type):
                 if obj:
                     api.Py_DecRef(obj)
         finally:
             self._run = self._fetch = self._set_buffer = self._runner = self._interrupt_type = None
+            self._run_batch = None
             self._tstate = None
             self._attached = False
             gil, self._gil = self._gil, None
@@ -201,6 +210,9 @@ class WorkerContext:
     def interrupt(self, task: int, reason: str) -> bool:
         """Raise TaskInterrupted in ``task`` if this worker is running it (any thread)."""
         with self._interrupt_lock:
+            batch = self._batch
+            if batch is not None and task in batch:
+                return self._interrupt_in_batch(batch, task, reason)
             if self._running != task or self._sent is not None:
                 return False
             api = self.clone.api
@@ -213,6 +225,29 @@ class WorkerContext:
                 return True
             finally:
                 api.PyGILState_Release(gil)
+
+    def _interrupt_in_batch(self, batch, task: int, reason: str) -> bool:
+        """A task of a batch: raise in it if it runs, mark it skipped if it has not
+        started (it then ends with TaskInterrupted unrun), nothing if it is over."""
+        if task in self.batch_sent:
+            return False
+        api = self.clone.api
+        gil = api.PyGILState_Ensure()
+        try:
+            if self._batch is not batch:
+                return False  # the batch ended meanwhile
+            place, progress = batch[task], batches.progress(self._view)
+            if progress == 2 * place + 1:
+                api.PyThreadState_SetAsyncExc(self.ident, self._interrupt_type)
+                batches.mark_sent(self._view, place)
+            elif progress <= 2 * place:
+                batches.mark_skipped(self._view, place)
+            else:
+                return False
+            self.batch_sent[task] = reason
+            return True
+        finally:
+            api.PyGILState_Release(gil)
 
     def cpu_seconds(self) -> float:
         """CPU time of the worker thread, which runs the clone's side of every task."""
@@ -251,6 +286,49 @@ class WorkerContext:
         finally:
             if len(self._view) > SHRINK_ABOVE:
                 self._replace_buffer(INITIAL_BUFFER)  # a large payload's memory goes back now
+
+    def pickle_batch(self, calls) -> Optional[bytes]:
+        """``calls`` [(fn, args, kwargs)] pickled as one list, or None where they must go one
+        by one: a task that cannot be pickled (its own future gets the error), a shared()
+        argument, or more than BATCH_BYTES."""
+        try:
+            data, objects = _pickle_task(_dumps, calls)
+        except TaskPicklingError:
+            return None
+        if objects or len(data) > BATCH_BYTES:
+            return None
+        return data
+
+    def call_batch(self, tasks: List[int], data: bytes) -> Optional[list]:
+        """Run the pickled tasks (ids ``tasks``) in one call: per task (the reason an
+        interrupt was sent or None, (ok, result or error)); None when the clone could not
+        unpickle them together (nothing ran: send them one by one)."""
+        self._reserve(batches.request_size(len(tasks), len(data)))
+        batches.write_request(self._view, len(tasks), data)
+        del data
+        api = self.clone.api
+        self._enter()
+        self._batch = {task: i for i, task in enumerate(tasks)}
+        result = api.PyObject_CallObject(self._run_batch, None)
+        self._batch = None  # holding the clone's GIL: interrupters see the batch is over
+        sent, self.batch_sent = self.batch_sent, {}
+        if sent:
+            api.PyThreadState_SetAsyncExc(self.ident, None)  # nothing may stay pending
+        if not result:
+            api.PyErr_Print()
+            raise CloneLoadError(f"clone {self.clone.index}: the batch runner itself failed")
+        api.held.Py_DecRef(result)
+        try:
+            if self._view[8] == inclone.NEED_SPACE:
+                self._grow_for_pending()
+            size, status = _HEADER.unpack_from(self._view, 0)
+            if status & 0xFF == batches.UNREADABLE:
+                return None
+            replies = pickle.loads(self._view[inclone.HEADER : inclone.HEADER + size])
+            return [(sent.get(task), _outcome(status, value)) for task, (status, value) in zip(tasks, replies)]
+        finally:
+            if len(self._view) > SHRINK_ABOVE:
+                self._replace_buffer(INITIAL_BUFFER)
 
     def _send(self, payload: bytes) -> None:
         size = len(payload)
@@ -437,6 +515,16 @@ def _decode(status: int, data):
         raise TaskPicklingError(f"{context}: {_one_line(exc)}") from RemoteTraceback(tb)
     exc.__cause__ = RemoteTraceback(tb)
     raise exc
+
+
+def _outcome(status: int, value):
+    """(True, result) or (False, error) of one reply of a batch (an error comes pickled)."""
+    if status == inclone.OK:
+        return True, value
+    try:
+        return True, _decode(status, value)
+    except BaseException as exc:
+        return False, exc
 
 
 def _one_line(exc: BaseException) -> str:

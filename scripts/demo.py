@@ -5,8 +5,11 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.join(os.path.dirname(HERE), "bench"))
 
+from busy import busy_reasons  # noqa: E402
 from demo_tasks import count_primes  # noqa: E402
 from gilclone.cloner.prepare import prepare  # noqa: E402
 from gilclone.cloner.verify import verify  # noqa: E402
@@ -43,22 +46,36 @@ def main() -> int:
         print("verification failed; see `gilclone doctor`")
         return 1
 
+    warn_if_busy("before the workload")
     print(f"\nWorkload: count primes below {CHUNKS[-1][1]:,} in {len(CHUNKS)} chunks, {WORKERS} workers")
     serial, t_serial = timed(lambda: sum(count_primes(a, b) for a, b in CHUNKS))
     print(f"  serial            {t_serial:6.2f} s  ({serial} primes)")
     with ThreadPoolExecutor(WORKERS) as tp:
         threaded, t_threads = timed(lambda: sum(tp.map(count_primes, *zip(*CHUNKS))))
     print(f"  ThreadPoolExecutor{t_threads:6.2f} s  speed-up {t_serial / t_threads:.2f}x (one GIL)")
-    (pool, t_start) = timed(lambda: ClonePool(WORKERS, clones=cset))
+    t0 = time.perf_counter()
+    pool = ClonePool(WORKERS, clones=cset)
+    t_ctor = time.perf_counter() - t0
     with pool:
+        # Workers start as work arrives: the first result includes one clone's start-up.
         pool.submit(count_primes, 0, 10).result()
+        t_first = time.perf_counter() - t0
         cloned, t_clones = timed(lambda: sum(pool.map(count_primes, *zip(*CHUNKS))))
     print(f"  ClonePool         {t_clones:6.2f} s  speed-up {t_serial / t_clones:.2f}x "
-          f"(pool start-up {t_start * 1000:.0f} ms)")
+          f"(first result {t_first * 1000:.0f} ms after the constructor was called; "
+          f"constructor alone {t_ctor * 1000:.1f} ms)")
     assert serial == threaded == cloned, (serial, threaded, cloned)
     print(f"\nClonePool vs serial: {t_serial / t_clones:.2f}x; vs threads: {t_threads / t_clones:.2f}x "
           f"on {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f})")
+    warn_if_busy("after the workload")
     return 0
+
+
+def warn_if_busy(when: str) -> None:
+    reasons = busy_reasons()
+    if reasons:
+        print(f"\nWARNING: the machine is busy {when} ({'; '.join(reasons)}): the timings "
+              "and speed-ups shown are lower than this machine gives when idle.")
 
 
 if __name__ == "__main__":
