@@ -266,6 +266,11 @@ class ClonePool(Executor):
         returns.
         """
         entry = self._state.running.get(future)
+        deadline = time.monotonic() + 5
+        while entry is None and future.running() and time.monotonic() < deadline:
+            # Marked running by its worker a moment before the worker registers it.
+            time.sleep(0.0005)
+            entry = self._state.running.get(future)
         if entry is not None:
             worker, task = entry
             return worker.interrupt(task, "interrupt")
@@ -491,11 +496,15 @@ def _run_item(state: _PoolState, worker: "WorkerContext", item: _WorkItem, start
     if state.broken is not None:
         future.set_exception(BrokenClonePool(state.broken))
         return
-    if not started and not future.set_running_or_notify_cancel():
-        return
     task = next(_task_ids)
     worker.begin(task)
+    # Registered before the future says it runs: whoever sees it running (interrupt,
+    # shutdown) must find whom to interrupt, or a spinning task would never be stopped.
     state.running[future] = (worker, task)
+    if not started and not future.set_running_or_notify_cancel():
+        del state.running[future]
+        worker.end()  # drops an interrupt sent in that moment
+        return
     limit = None
     if item.timeout is not None:
         limit = deadlines.after(item.timeout, partial(worker.interrupt, task, "timeout"))

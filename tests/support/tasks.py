@@ -160,3 +160,29 @@ def start_counter():
 
 def read_counter():
     return _counter["n"]
+
+
+def hold_gil_until_set(flags, timeout=60.0):
+    """Spin without ever offering this clone's GIL until another task sets ``flags[0]``.
+
+    ``flags[1]`` says the spin has begun. With one GIL shared by two clones the setter
+    could not run before the spin gave up: a proof of separate GILs that a loaded machine
+    cannot spoil, unlike a speed-up."""
+    import time
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        flags[1] = 1
+        deadline = time.monotonic() + timeout
+        while not flags[0]:
+            if time.monotonic() > deadline:
+                return "timed out"
+        return "released"
+    finally:
+        sys.setswitchinterval(old)
+
+
+def set_flag(flags):
+    flags[0] = 1
+    return getattr(sys, "_gilclone_index", None)
