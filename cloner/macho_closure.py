@@ -8,7 +8,6 @@ other copied dylibs renamed to their copies' install names, ``@loader_path``
 made absolute, and an ad-hoc signature (the writer's ``apply`` does all of it).
 """
 
-import functools
 import os
 from typing import Dict, Optional
 
@@ -17,29 +16,17 @@ from gilclone.cloner.macho_clone import _clone_name
 from gilclone.platforms import macho
 from gilclone.platforms.classify import python_version_from_libname
 from gilclone.platforms.elf_deps import DynamicFacts
+from gilclone.platforms.resolve import file_probe
 
 from gilclone.errors import BinaryFormatError
 
 
-def probe(path: str) -> Optional[DynamicFacts]:
-    """The resolver's facts of a Mach-O image, None if there is no readable one."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return _facts(path, (st.st_size, st.st_mtime_ns, st.st_ino)) if os.path.isfile(path) else None
-
-
-@functools.lru_cache(maxsize=1024)
-def _facts(path: str, _stamp) -> Optional[DynamicFacts]:
-    try:
-        info = macho.read(path)
-        with open(path, "rb") as f:
-            data = f.read()
-        _fat, slices = macho.scan(data)
-        binds = macho_writer.python_binds(data, slices[0])
-    except (BinaryFormatError, OSError, ValueError):
-        return None
+def _read_facts(path: str) -> DynamicFacts:
+    info = macho.read(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    _fat, slices = macho.scan(data)
+    binds = macho_writer.python_binds(data, slices[0])
     return DynamicFacts(
         path=path,
         soname=info.name,
@@ -52,6 +39,10 @@ def _facts(path: str, _stamp) -> Optional[DynamicFacts]:
         python_refs=len(binds),
         python_init=info.kind == "extension",
     )
+
+
+# The resolver's facts of a Mach-O image, None if there is no readable one.
+probe = file_probe(_read_facts, unreadable=(BinaryFormatError, OSError, ValueError))
 
 
 def library_edits(source: str, renames: Dict[str, str], libpython: Optional[str],

@@ -20,7 +20,6 @@ taken from there. System DLLs (System32, API sets) are not looked for: none
 calls the C API.
 """
 
-import functools
 import ntpath
 import os
 import shutil
@@ -30,9 +29,9 @@ from gilclone.cloner import naming, pe_writer
 from gilclone.platforms import pe as pe_reader
 from gilclone.platforms.classify import python_version_from_libname
 from gilclone.platforms.elf_deps import DynamicFacts
-from gilclone.platforms.resolve import LoaderConfig, Probe
+from gilclone.platforms.resolve import LoaderConfig, Probe, file_probe
 
-from gilclone.errors import BinaryFormatError, CloneError
+from gilclone.errors import CloneError
 
 PREFIX = "gl"
 
@@ -41,20 +40,8 @@ def is_python_dll(name: str) -> bool:
     return python_version_from_libname(name) is not None
 
 
-def probe(path: str) -> Optional[DynamicFacts]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return _facts(path, (st.st_size, st.st_mtime_ns, st.st_ino)) if os.path.isfile(path) else None
-
-
-@functools.lru_cache(maxsize=1024)
-def _facts(path: str, _stamp) -> Optional[DynamicFacts]:
-    try:
-        info = pe_reader.read(path)
-    except (BinaryFormatError, OSError):
-        return None
+def _read_facts(path: str) -> DynamicFacts:
+    info = pe_reader.read(path)
     needed = tuple(dict.fromkeys(info.needed + info.facts.delay_imports))
     return DynamicFacts(
         path=path,
@@ -69,6 +56,8 @@ def _facts(path: str, _stamp) -> Optional[DynamicFacts]:
         python_init=info.kind == "extension",
     )
 
+
+probe = file_probe(_read_facts)  # the resolver's facts of a DLL, None if unreadable
 
 _DLL_DIRECTORIES: List[str] = []  # added by clones with os.add_dll_directory, in order
 

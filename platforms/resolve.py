@@ -340,14 +340,16 @@ def _run(cmd: List[str]) -> str:
     return out.stdout if out.returncode == 0 else ""
 
 
-def file_probe() -> Probe:
-    """A probe that reads files, remembering each by path and modification stamp."""
+def file_probe(read_facts: Callable[[str], DynamicFacts] = read_dynamic_facts,
+               unreadable: Tuple[type, ...] = (BinaryFormatError, OSError)) -> Probe:
+    """A probe that reads files with ``read_facts``, remembering each by path and
+    modification stamp; a file that raises one of ``unreadable`` is no object (None)."""
 
     @functools.lru_cache(maxsize=4096)
     def read(path: str, _stamp) -> Optional[DynamicFacts]:
         try:
-            return read_dynamic_facts(path)
-        except (BinaryFormatError, OSError):
+            return read_facts(path)
+        except unreadable:
             return None
 
     def probe(path: str) -> Optional[DynamicFacts]:
