@@ -6,11 +6,14 @@ Every module runs in one of two clones of a ClonePool(2), both busy at once. A t
 fails or errors in a clone is then run again in this (host) interpreter: the report
 keeps, per module, the clone's counts and which of its failures pass in the host (the
 real differences). The pid is shared by the clones, and test.support names its scratch
-files after it, so each clone gets its own names and temporary directory first.
+files after it, so each clone gets its own names and temporary directory first. The working
+directory is one per process too: a module that changes it runs alone, after the others,
+so that it cannot move the relative paths of a test running in the other clone.
 """
 
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -35,6 +38,17 @@ def scratch_names(tag, root):
     path = os.path.join(root, tag)
     os.makedirs(path, exist_ok=True)
     tempfile.tempdir = path
+
+
+def changes_cwd(name):
+    """Whether the source of ``test.<name>`` (a module or a package) changes the cwd."""
+    import importlib.util
+    import pathlib
+
+    origin = pathlib.Path(importlib.util.find_spec(f"test.{name}").origin)
+    files = origin.parent.rglob("*.py") if origin.name == "__init__.py" else [origin]
+    pattern = re.compile(r"chdir\(|change_cwd|temp_cwd")
+    return any(pattern.search(f.read_text(errors="replace")) for f in files)
 
 
 def run_module(name, root):
@@ -81,9 +95,13 @@ def main():
     root = tempfile.mkdtemp(prefix="gilclone-cpython-tests-")
     os.chdir(root)
     started = time.time()
+    alone = [name for name in modules if changes_cwd(name)]
     with ClonePool(2) as pool:
-        futures = {name: pool.submit(run_module, name, root) for name in modules}
+        futures = {name: pool.submit(run_module, name, root) for name in modules
+                   if name not in alone}
         report = {name: future.result() for name, future in futures.items()}
+        for name in alone:
+            report[name] = pool.submit(run_module, name, root).result()
     clones_seconds = round(time.time() - started, 1)
     import unittest
 
