@@ -25,8 +25,6 @@ import stat
 from contextlib import contextmanager
 from typing import Dict, List, Optional
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 from gilclone.cloner import leftovers, naming, setfiles, trust
 from gilclone.cloner.filelock import FileLock
 
@@ -256,6 +254,11 @@ def _identity_problem(record, path) -> Optional[str]:
     """
     if record.binary_format != "ELF":
         return None  # PE and Mach-O names are checked by their builders' static checks
+    # Imported here: this runs only for a file whose stamp is not vouched for, and
+    # pyelftools costs ~16 ms of every fresh process's time to first result.
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         with open(path, "rb") as f:
             dynamic = [s for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_DYNAMIC"]
