@@ -96,7 +96,7 @@ def available_peers(run):
         except Unavailable as exc:
             run.note(list(ROWS), p, str(exc))
     if "numpy" in run.phases and not numpy_available():
-        log("numpy workload: n/a (numpy not installed); `.venv/bin/pip install numpy` to include it")
+        log("numpy workload: n/a (numpy not installed); `.venv-bench/bin/pip install numpy` to include it")
         for p in run.peers:
             run.note(["numpy_s", "numpy_speedup"], p, "numpy not installed")
     return available
