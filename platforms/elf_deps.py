@@ -15,7 +15,9 @@ BinaryFormatError naming the part that does not fit, never in another exception.
 import os
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
+
+from gilclone.platforms.fileaccess import mapped_file
 
 from gilclone.errors import BinaryFormatError
 
@@ -111,12 +113,12 @@ class _Section:
 
 
 class _File:
-    """An open file whose reads must lie within it: a damaged header cannot send us past the end."""
+    """A mapped file whose reads must lie within it: a damaged header cannot send us past the end."""
 
-    def __init__(self, path: str, stream: BinaryIO):
+    def __init__(self, path: str, view: bytes):
         self.path = path
-        self._stream = stream
-        self.size = os.fstat(stream.fileno()).st_size
+        self._view = view
+        self.size = len(view)
 
     def fail(self, problem: str) -> BinaryFormatError:
         return BinaryFormatError(self.path, problem)
@@ -125,20 +127,15 @@ class _File:
         if offset < 0 or size < 0 or offset + size > self.size:
             raise self.fail(f"corrupt or truncated ELF file: the {what} (offset {offset}, "
                             f"{size} bytes) lies past the end of the file ({self.size} bytes)")
-        self._stream.seek(offset)
-        data = self._stream.read(size)
-        if len(data) != size:  # the file shrank while we read it
-            raise self.fail(f"truncated ELF file: short read of the {what}")
-        return data
+        return self._view[offset:offset + size]
 
 
 def read_dynamic_facts(path: str, sample: int = 8) -> DynamicFacts:
     """Read ``path``; BinaryFormatError if it is not a readable ELF object."""
-    try:
-        with open(path, "rb") as stream:
-            return _read(_File(path, stream), sample)
-    except OSError as exc:
-        raise BinaryFormatError(path, f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    # Mapped, not read: the resolver probes every candidate in a search path, and a FIFO or
+    # device there must be refused, not waited on; a large library costs only the pages read.
+    with mapped_file(path) as (_, view):
+        return _read(_File(path, view), sample)
 
 
 def _read(file: _File, sample: int) -> DynamicFacts:
