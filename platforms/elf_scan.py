@@ -1,8 +1,7 @@
-"""Read an ELF object once for an environment scan: its dynamic facts and its symbol versions.
+"""Read an ELF object for an environment scan: its dynamic facts and its symbol versions.
 
-``elf_deps`` (the resolver's reader) and ``elf_versions`` each take an open
-``ELFFile``; here one ``ELFFile`` per file serves both, so the section headers are
-parsed once and the version sections are found through pyelftools' cached name map.
+``elf_deps`` (the resolver's reader, plain ``struct``) gives the dynamic facts;
+``elf_versions`` reads the version sections through an open ``ELFFile``.
 ``ScanProbe`` remembers both by path and modification stamp; it is the probe
 ``resolve.resolve_closure`` takes.
 """
@@ -11,9 +10,10 @@ import os
 from typing import Dict, Optional, Tuple
 
 from elftools.elf.elffile import ELFFile
-from gilclone.platforms import elf_deps
-from gilclone.platforms.elf_deps import DynamicFacts
+from gilclone.platforms.elf_deps import DynamicFacts, read_dynamic_facts
 from gilclone.platforms.elf_versions import VersionFacts, versions_of
+
+from gilclone.errors import BinaryFormatError
 
 Read = Tuple[Optional[DynamicFacts], Optional[VersionFacts]]
 
@@ -21,14 +21,12 @@ Read = Tuple[Optional[DynamicFacts], Optional[VersionFacts]]
 def read_object(path: str) -> Read:
     """(dynamic facts, version facts) of ``path``; (None, None) if it is no readable ELF object."""
     try:
+        facts = read_dynamic_facts(path)
+    except BinaryFormatError:  # not ELF or damaged: ld.so skips those too
+        return None, None
+    try:
         with open(path, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                return None, None
-            f.seek(0)
-            elf = ELFFile(f)
-            # elf_deps reads from an open ELFFile in _read; read_dynamic_facts would open the
-            # file a second time. (elf_deps.py is shared with the closure branch, kept as is.)
-            return elf_deps._read(path, elf, 8), versions_of(path, elf)
+            return facts, versions_of(path, ELFFile(f))
     except Exception:  # pyelftools raises many types on damaged files: ld.so skips those too
         return None, None
 
