@@ -22,6 +22,10 @@ from gilclone.pool.interrupted import TaskInterrupted
 
 HEADER = 16
 OK, ERROR, BAD_TASK, BAD_RESULT, NEED_SPACE = range(5)
+# The status byte of a request as the host writes it: every reply replaces it, so it is
+# still there after a call only when the runner wrote none (an interrupt that landed before
+# the runner's first line).
+NO_REPLY = 0xFF
 PROTOCOL = 5
 _HEADER = struct.Struct("<QQ")
 _LENGTH = struct.Struct("<Q")

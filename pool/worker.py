@@ -23,6 +23,7 @@ from gilclone.cloner.capi import Py_buffer, PyBUF_WRITE
 from gilclone.cloner.load import Clone
 from gilclone.pool import batches, inclone, serialize, sharing
 from gilclone.pool.errors import RemoteTraceback, TaskPicklingError
+from gilclone.pool.interrupted import TaskInterrupted
 
 from gilclone.errors import CloneLoadError
 
@@ -334,7 +335,7 @@ class WorkerContext:
         size = len(payload)
         self._reserve(size)
         self._view[inclone.HEADER : inclone.HEADER + size] = payload
-        _HEADER.pack_into(self._view, 0, size, 0)
+        _HEADER.pack_into(self._view, 0, size, inclone.NO_REPLY)
 
     def _send_pieces(self, pieces, first: int) -> list:
         """Write the small pieces of a task and a table of all into the transport; return
@@ -359,7 +360,7 @@ class WorkerContext:
             data = memoryview(piece).cast("B")
             view[pos : pos + len(data)] = data
             pos += len(data)
-        _HEADER.pack_into(view, 0, total, PIECES_FLAG)
+        _HEADER.pack_into(view, 0, total, PIECES_FLAG | inclone.NO_REPLY)
         return large
 
     def _reserve(self, size: int) -> None:
@@ -395,8 +396,10 @@ class WorkerContext:
             api.held.Py_DecRef(args)
         if not result:
             if self._sent is not None and api.PyErr_ExceptionMatches(self._interrupt_type):
-                api.PyErr_Clear()  # delivered after the runner had written its reply, which stands
-                return
+                api.PyErr_Clear()
+                if self._view[8] == inclone.NO_REPLY:  # delivered before the task started
+                    raise TaskInterrupted(f"{self._sent[1]}: interrupted before it started")
+                return  # delivered after the runner had written its reply, which stands
             api.PyErr_Print()
             raise CloneLoadError(f"clone {self.clone.index}: the task runner itself failed")
         api.held.Py_DecRef(result)  # None: no finaliser can run

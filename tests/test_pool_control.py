@@ -564,3 +564,31 @@ def test_runner_setup_failure_releases_the_clone(tmp_path):
     """, timeout=120)
     assert rc == 0, err
     assert "set_buffer" in got["first"] and got["second"] == 5 and got["same"]
+
+
+def test_an_interrupt_that_lands_before_the_task_starts_ends_it_unrun(tmp_path):
+    """The interrupt can reach the clone between the host marking the task running and the
+    runner's first line (shutdown(cancel_futures=True) right after running() turned true).
+    The runner then wrote no reply, and the host read the request it had written as an OK
+    reply: the future got the pickled task back as its result (CI, test_pool.py)."""
+    rc, got, err = run_script(tmp_path, """
+        from gilclone.pool import ClonePool, TaskInterrupted
+        from gilclone.pool import worker as worker_module
+        if __name__ == "__main__":
+            real = worker_module.WorkerContext.call
+            def interrupted_first(self, fn, args, kwargs):
+                self.interrupt(self._running, "early")  # lands before the runner runs a line
+                return real(self, fn, args, kwargs)
+            worker_module.WorkerContext.call = interrupted_first
+            with ClonePool(1) as pool:
+                try:
+                    outcome = repr(pool.submit(add, 1, 2).result(timeout=60))
+                except TaskInterrupted as exc:
+                    outcome = "TaskInterrupted: " + str(exc)
+                worker_module.WorkerContext.call = real
+                again = pool.submit(add, 2, 3).result(timeout=60)
+            report(outcome=outcome, again=again)
+    """)
+    assert rc == 0, err
+    assert got["outcome"].startswith("TaskInterrupted"), got
+    assert got["again"] == 5  # the worker goes on
