@@ -49,9 +49,9 @@ docs: $(VENV)/.stamp-docs
 # urllib.parse, re: ~9 ms and ~1 MiB per clone), which a wheel install does not have.
 BENCH_VENV := .venv-bench
 
-$(BENCH_VENV)/.stamp: pyproject.toml
+$(BENCH_VENV)/.stamp: pyproject.toml Makefile
 	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check '.[bench]'
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check '.[bench,dask,joblib]'
 	touch $@
 
 bench: $(BENCH_VENV)/.stamp

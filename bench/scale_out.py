@@ -56,6 +56,14 @@ def interleaved(contenders, repeat):
     return best
 
 
+def missing_packages():
+    """The packages this part needs that are not installed (Dask needs Python >= 3.10)."""
+    import importlib.util
+
+    return [name for name in ("dask", "distributed", "joblib", "cloudpickle")
+            if importlib.util.find_spec(name) is None]
+
+
 # -- Dask ----------------------------------------------------------------------------
 
 

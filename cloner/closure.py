@@ -22,7 +22,6 @@ agrees on it, whatever was imported first.
 """
 
 import ctypes
-import ctypes.util
 import functools
 import hashlib
 import os
@@ -235,7 +234,9 @@ _LIBC: List[object] = []
 def _libc():
     if not _LIBC:
         try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            # The process's global scope has libc's dlsym and dladdr; find_library would
+            # start ldconfig in a subprocess on the way to a pool's first result.
+            lib = ctypes.CDLL(None)
             lib.dlsym.restype = ctypes.c_void_p
             lib.dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
             lib.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]

@@ -9,8 +9,6 @@ counts as alive, and only the lock rule removes leftovers.
 """
 
 import os
-import shutil
-import uuid
 from typing import Optional
 
 TMP = ".tmp-"
@@ -58,12 +56,12 @@ def owner() -> str:
 
 def temp_name() -> str:
     """A directory name for work in progress."""
-    return f"{TMP}{owner()}-{uuid.uuid4().hex[:8]}"
+    return f"{TMP}{owner()}-{os.urandom(4).hex()}"
 
 
 def temp_suffix() -> str:
     """Appended to a file name for a temporary file replaced into place."""
-    return f"{TMP}{owner()}-{uuid.uuid4().hex[:8]}"
+    return f"{TMP}{owner()}-{os.urandom(4).hex()}"
 
 
 def is_temporary(name: str) -> bool:
@@ -99,6 +97,8 @@ def remove_in(directory: str, lock_held: bool) -> None:
             continue
         path = os.path.join(directory, name)
         if os.path.isdir(path) and not os.path.islink(path):
+            import shutil  # here: a pool's first result passes this module, rarely this line
+
             shutil.rmtree(path, ignore_errors=True)
         else:
             try:

@@ -17,8 +17,6 @@ integrity.py.
 """
 
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -173,8 +171,10 @@ def discard(path: str) -> None:
         return
     if not os.path.exists(path):
         return
-    trash = os.path.join(os.path.dirname(path), f".trash-{uuid.uuid4().hex[:8]}")
+    trash = os.path.join(os.path.dirname(path), f".trash-{os.urandom(4).hex()}")
     os.rename(path, trash)
+    import shutil  # here: only removal needs it, not the first result's path
+
     shutil.rmtree(trash, ignore_errors=True)
 
 
