@@ -456,39 +456,57 @@ def _run_batch(state: _PoolState, worker: "WorkerContext", items) -> None:
     """Run ``items`` in one call into the clone; each future gets its own result. Their
     futures all turn running when the call starts, as a process pool's do when their
     items enter its call queue."""
-    live = []
-    for item in items:
-        if state.broken is not None:
-            item.future.set_exception(BrokenClonePool(state.broken))
-        elif item.future.set_running_or_notify_cancel():
-            live.append(item)
-    data = worker.pickle_batch([(i.fn, i.args, i.kwargs) for i in live]) if len(live) > 1 else None
-    if data is None:
-        for item in live:
-            _run_item(state, worker, item, started=True)
+    live = _start_batch(state, worker, items)
+    data = worker.pickle_batch([(i.fn, i.args, i.kwargs) for i, _ in live]) if len(live) > 1 else None
+    outcomes = None
+    if data is not None:
+        try:
+            outcomes = worker.call_batch([task for _, task in live], data)
+        except BaseException as exc:
+            outcomes = [(None, (False, exc))] * len(live)
+        finally:
+            del data
+            worker.end()
+    if outcomes is None:  # one task left, or the clone could not read them together
+        _run_one_by_one(state, worker, live, worker.batch_over())
         return
-    tasks = [next(_task_ids) for _ in live]
-    for item, task in zip(live, tasks):
-        state.running[item.future] = (worker, task)
-    try:
-        outcomes = worker.call_batch(tasks, data)
-    except BaseException as exc:
-        outcomes = [(None, (False, exc))] * len(live)
-    finally:
-        del data
-        worker.end()
-        for item in live:
-            del state.running[item.future]
-    if outcomes is None:  # the clone could not read them together
-        for item in live:
-            _run_item(state, worker, item, started=True)
-        return
+    worker.batch_over()
+    for item, _ in live:
+        del state.running[item.future]
     worker.tasks += len(live)
-    for item, (_, (ok, value)) in zip(live, outcomes):
+    for (item, _), (_, (ok, value)) in zip(live, outcomes):
         if ok:
             item.future.set_result(value)
         else:
             item.future.set_exception(value)
+
+
+def _start_batch(state: _PoolState, worker: "WorkerContext", items):
+    """Register the batch's tasks, then mark their futures running (as ``_run_item`` does:
+    whoever sees a future running must find whom to interrupt); [(item, task)] of those
+    not cancelled."""
+    tasks = [next(_task_ids) for _ in items]
+    worker.expect_batch(tasks)
+    live = []
+    for item, task in zip(items, tasks):
+        if state.broken is not None:
+            item.future.set_exception(BrokenClonePool(state.broken))
+            continue
+        state.running[item.future] = (worker, task)
+        if item.future.set_running_or_notify_cancel():
+            live.append((item, task))
+        else:
+            del state.running[item.future]
+    return live
+
+
+def _run_one_by_one(state: _PoolState, worker: "WorkerContext", live, interrupted) -> None:
+    for item, task in live:
+        del state.running[item.future]
+        if task in interrupted:
+            item.future.set_exception(TaskInterrupted(f"{interrupted[task]}: interrupted before it started"))
+        else:
+            _run_item(state, worker, item, started=True)
 
 
 def _run_item(state: _PoolState, worker: "WorkerContext", item: _WorkItem, started=False) -> None:

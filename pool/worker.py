@@ -69,6 +69,7 @@ class WorkerContext:
         self._running: Optional[int] = None  # the task in the clone; changed holding its GIL
         self._sent: Optional[Tuple[int, str]] = None  # (task, reason) of the interrupt sent
         self._batch: Optional[Dict[int, int]] = None  # task -> place in the batch in the clone
+        self._batch_ahead: Dict[int, int] = {}  # the same for a batch not yet in the clone
         self.batch_sent: Dict[int, str] = {}  # task of the batch -> reason it was interrupted
         self.tasks = 0
         self.peak_transport = 0
@@ -211,6 +212,11 @@ class WorkerContext:
     def interrupt(self, task: int, reason: str) -> bool:
         """Raise TaskInterrupted in ``task`` if this worker is running it (any thread)."""
         with self._interrupt_lock:
+            if task in self._batch_ahead:  # its batch is not in the clone yet: it will skip it
+                if task in self.batch_sent:
+                    return False
+                self.batch_sent[task] = reason
+                return True
             batch = self._batch
             if batch is not None and task in batch:
                 return self._interrupt_in_batch(batch, task, reason)
@@ -300,6 +306,20 @@ class WorkerContext:
             return None
         return data
 
+    def expect_batch(self, tasks: List[int]) -> None:
+        """``tasks`` are about to run as one batch (call before their futures say they
+        run): an interrupt from now on ends a task of them unrun."""
+        with self._interrupt_lock:
+            self._batch_ahead = {task: i for i, task in enumerate(tasks)}
+            self.batch_sent = {}
+
+    def batch_over(self) -> Dict[int, str]:
+        """Forget the expected batch; return its tasks interrupted before it reached the
+        clone (task -> reason), for a batch that went one by one instead."""
+        with self._interrupt_lock:
+            sent, self.batch_sent, self._batch_ahead = self.batch_sent, {}, {}
+            return sent
+
     def call_batch(self, tasks: List[int], data: bytes) -> Optional[list]:
         """Run the pickled tasks (ids ``tasks``) in one call: per task (the reason an
         interrupt was sent or None, (ok, result or error)); None when the clone could not
@@ -309,7 +329,11 @@ class WorkerContext:
         del data
         api = self.clone.api
         self._enter()
-        self._batch = {task: i for i, task in enumerate(tasks)}
+        with self._interrupt_lock:
+            self._batch = {task: i for i, task in enumerate(tasks)}
+            for task in self.batch_sent:  # interrupted before the batch reached the clone
+                batches.mark_skipped(self._view, self._batch[task])
+            self._batch_ahead = {}
         result = api.PyObject_CallObject(self._run_batch, None)
         self._batch = None  # holding the clone's GIL: interrupters see the batch is over
         sent, self.batch_sent = self.batch_sent, {}

@@ -592,3 +592,48 @@ def test_an_interrupt_that_lands_before_the_task_starts_ends_it_unrun(tmp_path):
     assert rc == 0, err
     assert got["outcome"].startswith("TaskInterrupted"), got
     assert got["again"] == 5  # the worker goes on
+
+
+def test_interrupt_of_a_batched_task_in_the_moment_before_its_batch_starts(tmp_path):
+    """A batch marks its futures running before its one call into the clone. An interrupt
+    in that moment found no task to stop (interrupt() returned False, the task ran): the
+    batch is now registered before its futures say they run, and a task interrupted
+    before its batch starts ends with TaskInterrupted, unrun; the rest of the batch runs."""
+    rc, got, err = run_script(tmp_path, """
+        import threading
+        from gilclone.pool import ClonePool, TaskInterrupted
+        from gilclone.pool import worker as worker_module
+        if __name__ == "__main__":
+            real = worker_module.WorkerContext.pickle_batch
+            marked = threading.Event()
+            def slow_pickle(self, calls):
+                marked.set()  # the batch's futures are running now
+                time.sleep(0.5)
+                return real(self, calls)
+            with ClonePool(1) as pool:
+                pool.submit(add, 0, 0).result(timeout=60)  # the pace learns add is quick
+                blocker = pool.submit(time.sleep, 0.3)
+                futures = [pool.submit(add, i, 1) for i in range(40)]
+                worker_module.WorkerContext.pickle_batch = slow_pickle
+                sent = []
+                def interrupter():
+                    marked.wait(60)
+                    target = next(f for f in futures if f.running())
+                    sent.append((futures.index(target), pool.interrupt(target)))
+                t = threading.Thread(target=interrupter)
+                t.start()
+                blocker.result(timeout=60)
+                outcomes = []
+                for f in futures:
+                    try:
+                        outcomes.append(f.result(timeout=60))
+                    except TaskInterrupted:
+                        outcomes.append("interrupted")
+                t.join()
+            index, ok = sent[0]
+            report(sent=ok, index=index, outcome=outcomes[index],
+                   others=[o for i, o in enumerate(outcomes) if i != index][:5])
+    """)
+    assert rc == 0, err
+    assert got["sent"] is True and got["outcome"] == "interrupted", got
+    assert all(isinstance(o, int) for o in got["others"]), got
