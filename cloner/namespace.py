@@ -28,6 +28,9 @@ thread. Two things follow, both handled here (loader-notes.md item 7):
   (``NamespaceCApi.PyGILState_Ensure`` and ``NamespaceClone.open``). Threads that the
   namespace's own Python starts are created by its libc, which does that itself.
 
+The namespace's libc also starts with the host's environment array, which the host's
+next setenv may free: each namespace gets a copy of its own (``_own_environment``).
+
 glibc has 16 namespaces, the base one included, and reserves static TLS for about 11
 (the 12th fails: "cannot allocate memory in static TLS block");
 ``GLIBC_TUNABLES=glibc.rtld.nns=16`` set before the process starts gives all 15.
@@ -138,16 +141,40 @@ def _open_error(path: str, slot: int, why: str) -> CloneLoadError:
     return CloneLoadError(f"{path}: dlmopen failed: {why}")
 
 
-def _fn(handle: int, name: str, restype, *argtypes):
-    """``name`` as the namespace binds it: dlsym on the libpython handle also searches its
-    dependencies, so libc functions are the namespace's own libc's."""
+def _symbol(handle: int, name: str) -> int:
+    """Address of ``name`` as the namespace binds it: dlsym on the libpython handle also
+    searches its dependencies, so libc's symbols are the namespace's own libc's."""
     lib = _host_libc()
     lib.dlsym.restype = ctypes.c_void_p
     lib.dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     address = lib.dlsym(handle, name.encode())
     if not address:
         raise CloneLoadError(f"the namespace's libc has no {name}; this libc is not supported")
-    return ctypes.CFUNCTYPE(restype, *argtypes)(address)
+    return address
+
+
+def _fn(handle: int, name: str, restype, *argtypes):
+    return ctypes.CFUNCTYPE(restype, *argtypes)(_symbol(handle, name))
+
+
+_environments = []  # arrays handed to namespaces' libcs, which may point into them for ever
+
+
+def _own_environment(handle: int) -> None:
+    """Give the namespace's libc an environment array of its own, a copy of the host's.
+
+    dlmopen starts the new libc with ``__environ`` pointing at the host libc's array;
+    the host's next setenv of a new name reallocates that array, and the namespace's
+    pointer dangles (seen: a segfault in setenv when numpy set OPENBLAS_MAIN_FREE in a
+    namespace after the host had). glibc's setenv never frees an array it did not make,
+    so this one only has to stay alive."""
+    env = ctypes.POINTER(ctypes.c_char_p).in_dll(_host_libc(), "environ")
+    entries = []
+    while env[len(entries)] is not None:
+        entries.append(env[len(entries)])
+    array = (ctypes.c_char_p * (len(entries) + 1))(*entries)  # the last stays NULL
+    _environments.append(array)
+    ctypes.c_void_p.from_address(_symbol(handle, "__environ")).value = ctypes.addressof(array)
 
 
 _host_keys_reserved = False
@@ -292,19 +319,22 @@ class NamespaceClone(load.Clone):
         self.slot: Optional[int] = None
         self._threads = threading.local()
         self._ctype_init = None
+        self._load_lock = threading.Lock()
 
     def load(self) -> CApi:
-        if self.api is not None:
+        with self._load_lock:  # a second namespace for one clone would never be closed
+            if self.api is not None:
+                return self.api
+            reason = unsupported_reason()
+            if reason:
+                raise CloneLoadError(reason)
+            check_source(self.root, self.libpython, self.sha256)
+            handle, self.slot = _open_namespace(self.libpython)
+            self._ctype_init = _fn(handle, "__ctype_init", None)
+            _copy_locale(handle)
+            _own_environment(handle)
+            self.api = NamespaceCApi(ctypes.CDLL(self.libpython, handle=handle), self.prepare_thread)
             return self.api
-        reason = unsupported_reason()
-        if reason:
-            raise CloneLoadError(reason)
-        check_source(self.root, self.libpython, self.sha256)
-        handle, self.slot = _open_namespace(self.libpython)
-        self._ctype_init = _fn(handle, "__ctype_init", None)
-        _copy_locale(handle)
-        self.api = NamespaceCApi(ctypes.CDLL(self.libpython, handle=handle), self.prepare_thread)
-        return self.api
 
     def prepare_thread(self) -> None:
         """Once per host thread, before it runs anything in the namespace."""

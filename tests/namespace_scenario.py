@@ -117,6 +117,28 @@ def basic():
 
         check(results, "parallel", parallel)
 
+        def environment():
+            # The host grows its environment (its array is reallocated) after the namespaces
+            # opened; each namespace's libc has an array of its own, and sees the host's
+            # values as they were when it opened.
+            from gilclone.cloner import namespace
+
+            host = ctypes.c_void_p.in_dll(ctypes.CDLL(None), "environ").value
+            before = [ctypes.c_void_p.from_address(namespace._symbol(c.api.lib._handle, "__environ")).value
+                      for c in namespace._NAMESPACES.values() if c.slot is not None]
+            if host in before:
+                return False, f"a namespace's libc uses the host's environment array {host:#x}"
+            for i in range(64):
+                os.environ[f"GILCLONE_SCENARIO_{i}"] = "x" * i
+            got = list(pool.map(_environ_rendezvous, [shared(bytearray(2))] * 2, [0, 1]))
+            host = ctypes.c_void_p.in_dll(ctypes.CDLL(None), "environ").value
+            arrays = {g[0] for g in got}
+            ok = (host not in arrays and len(arrays) == 2
+                  and all(g[1] == os.environ.get("PATH", "").encode() and g[2] == b"1" for g in got))
+            return ok, f"host {host:#x}, namespaces {[hex(g[0]) for g in got]}"
+
+        check(results, "environment", environment)
+
         def stdlib():
             got = list(pool.map(sleep_then_work, [0.2] * 4, range(4)))  # both workers take some
             expected = [stdlib_work(n)[:2] for n in range(4)]
@@ -216,6 +238,18 @@ def basic():
 
     check(results, "copies_beside", copies_beside)
     return {"version": "%d.%d" % sys.version_info[:2], "results": results}
+
+
+def _environ_rendezvous(flags, slot):
+    """This namespace's libc: where its environ is, PATH through its getenv, and a variable
+    set through it (setenv in this libc, both namespaces at once)."""
+    tasks.rendezvous(flags, slot)
+    os.environ[f"GILCLONE_SCENARIO_NS_{slot}"] = "1"
+    libc = ctypes.CDLL("libc.so.6")  # loaded in this namespace: its own libc
+    libc.getenv.restype = ctypes.c_char_p
+    libc.getenv.argtypes = [ctypes.c_char_p]
+    return (ctypes.c_void_p.in_dll(libc, "environ").value, libc.getenv(b"PATH"),
+            libc.getenv(f"GILCLONE_SCENARIO_NS_{slot}".encode()))
 
 
 def _capi_rendezvous(flags, slot):

@@ -44,7 +44,7 @@ def test_two_namespaces_run_tasks_with_their_own_gils_and_libpython():
     rc, report, err = run_scenario(["basic"])
     assert rc == 0 and report is not None, err[-3000:]
     assert set(report["results"]) == {"parallel", "stdlib", "numpy", "pythonapi", "threads", "interrupt",
-                                      "timeout", "keys", "copies_beside"}
+                                      "timeout", "environment", "keys", "copies_beside"}
     assert not failed(report), failed(report)
 
 
