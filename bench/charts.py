@@ -7,12 +7,12 @@ over serial against the number of workers, per peer.
 
 import os
 
-from peers import PEER_TITLES
+from peers import CLONE_PEERS, PEER_TITLES
 
 CLONE_COLOUR, PEER_COLOUR, IDEAL_COLOUR = "#e6781e", "#5a78aa", "#999999"
 # Scaling lines: ClonePool alone in orange; serial is 1x by definition and not drawn.
 LINE_COLOURS = {"thread": "#1f77b4", "fork": "#2ca02c", "spawn": "#d62728", "forkserver": "#9467bd",
-                "interp": "#8c564b", "clone": CLONE_COLOUR}
+                "interp": "#8c564b", "clone": CLONE_COLOUR, "clone-ns": "#f2b134"}
 
 
 def pyplot():
@@ -55,7 +55,7 @@ def _panel(ax, run, row, label):
         samples = run.samples[row].get(p) or [v]
         lows.append(max(0.0, v - min(samples)))
         highs.append(max(0.0, max(samples) - v))
-    colours = [CLONE_COLOUR if p == "clone" else PEER_COLOUR for p in peers]
+    colours = [LINE_COLOURS[p] if p in CLONE_PEERS else PEER_COLOUR for p in peers]
     ys = range(len(peers))
     ax.barh(ys, values, color=colours, xerr=[lows, highs], ecolor="#333333", capsize=3)
     ax.set_yticks(list(ys))
@@ -79,7 +79,7 @@ def scaling_chart(plt, folder, scaling, cpus):
     peers = [p for p in LINE_COLOURS if any(p in scaling[w] for w in counts)]
     for p in peers:
         xs = [w for w in counts if scaling[w].get(p) is not None]
-        style = {"color": LINE_COLOURS[p], "linewidth": 2.5 if p == "clone" else 1.2}
+        style = {"color": LINE_COLOURS[p], "linewidth": 2.5 if p in CLONE_PEERS else 1.2}
         ax.plot(xs, [scaling[w][p] for w in xs], marker="o", label=PEER_TITLES[p], **style)
     ax.set_xlabel("workers")
     ax.set_ylabel("CPU-bound speed-up over serial (x)")

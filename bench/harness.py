@@ -16,7 +16,7 @@ import workloads
 from busy import busy_reasons
 from fresh import memory_phase, run_child, startup_phase
 from inprocess import in_process_phases
-from peers import PEERS, Unavailable, numpy_available, pool_factory
+from peers import CLONE_PEERS, PEERS, Unavailable, numpy_available, pool_factory
 from report import print_report, write_files
 from runs import PHASES, ROWS, Run, Settings, log, speedups
 from targets import evaluate_targets
@@ -73,8 +73,10 @@ def main(argv):
         log(f"BUSY MACHINE before the run: {reason}")
     run = Run(Settings(args.quick, args.workers), args.peer_list, args.phases)
     available = available_peers(run)
-    if "clone" in available and not warm_clone_cache(run, args.workers):
-        del available["clone"]
+    warm = [p for p in CLONE_PEERS if p in available]
+    if warm and not warm_clone_cache(run, args.workers, warm[0]):
+        for p in warm:
+            del available[p]
     run_phases(run, available)
     if "scaling" in run.phases:
         scaling_phase(run, available, args.scaling_counts)
@@ -102,10 +104,11 @@ def available_peers(run):
     return available
 
 
-def warm_clone_cache(run, workers):
-    """Prepare the clone set (3 clones: the memory phase uses 3 workers) outside any timing."""
+def warm_clone_cache(run, workers, peer="clone"):
+    """Prepare the clone set (3 clones: the memory phase uses 3 workers) outside any timing
+    (both routes lease the set's clones)."""
     log("warming the clone cache ...")
-    return run.attempt(list(ROWS), "clone", lambda: run_child("memory", "clone", max(3, workers)))
+    return run.attempt(list(ROWS), peer, lambda: run_child("memory", peer, max(3, workers)))
 
 
 def run_phases(run, available):

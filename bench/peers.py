@@ -3,7 +3,7 @@
 import os
 import sys
 
-PEERS = ["serial", "thread", "fork", "spawn", "forkserver", "interp", "clone"]
+PEERS = ["serial", "thread", "fork", "spawn", "forkserver", "interp", "clone-ns", "clone"]
 PEER_TITLES = {
     "serial": "serial",
     "thread": "ThreadPool",
@@ -12,7 +12,9 @@ PEER_TITLES = {
     "forkserver": "Process forkserver",
     "interp": "InterpreterPool",
     "clone": "ClonePool",
+    "clone-ns": "ClonePool (namespaces)",
 }
+CLONE_PEERS = ("clone", "clone-ns")  # ClonePool on its two loading routes (docs/pool.md)
 PROCESS_PEERS = ("fork", "spawn", "forkserver")
 
 # Keep numerical libraries to one thread per worker so workers, not BLAS threads, compete.
@@ -49,13 +51,24 @@ def pool_factory(peer):
         return _process_pool_factory(peer)
     if peer == "interp":
         return interpreter_pool_class()
-    if peer == "clone":
+    if peer in CLONE_PEERS:
         try:
             from gilclone.pool.executor import ClonePool
         except ImportError as exc:
             raise Unavailable(f"gilclone is not importable: {exc}") from None
-        return ClonePool
+        if peer == "clone":
+            return lambda n: ClonePool(n, route="copies")
+        return _namespace_pool_factory(ClonePool)
     raise ValueError(f"unknown peer {peer!r}")
+
+
+def _namespace_pool_factory(pool_class):
+    from gilclone.cloner.namespace import unsupported_reason
+
+    reason = unsupported_reason()
+    if reason:
+        raise Unavailable(reason)
+    return lambda n: pool_class(n, route="namespaces")
 
 
 def _process_pool_factory(method):
@@ -70,7 +83,7 @@ def _process_pool_factory(method):
 
 def share_arg(peer, buf):
     """How each peer is handed the buffer: by reference where it can, pickled otherwise."""
-    if peer == "clone":
+    if peer in CLONE_PEERS:
         from gilclone.pool import shared
 
         return shared(buf)

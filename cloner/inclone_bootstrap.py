@@ -32,10 +32,34 @@ def _describe(exc):
 
 
 def _install(config):
+    import sys
+    from _frozen_importlib_external import ExtensionFileLoader
+
+    # In a link-map namespace (cloner/namespace.py) extension modules bind to the
+    # namespace's own libpython as they are: nothing to remap.
+    if config.get("route", "copies") == "copies":
+        _install_twins(config, ExtensionFileLoader)
+    sys._gilclone_index = config["index"]
+
+    _install_dll_directory_hook()
+    sys.argv[:] = config["argv"]
+    if config["site"]:
+        import site
+
+        site.main()
+    sys.path[:] = config["sys_path"]
+    _take_runtime_settings(config["runtime"])
+    _install_guards(config["guards"], ExtensionFileLoader, config["libpython"])
+    # After the guards: their ctypes finder (own_pythonapi) goes first in sys.meta_path, and
+    # this hook, which also points ctypes.pythonapi at the clone, must come before it.
+    _install_ctypes_hook(config)
+
+
+def _install_twins(config, ExtensionFileLoader):  # noqa: N803 - the class it patches
+    """Reroute every extension-module load to this clone's twin of the file."""
     import _imp
     import sys
     from _frozen_importlib import ModuleSpec
-    from _frozen_importlib_external import ExtensionFileLoader
 
     # Extension modules that the interpreter's own start-up loaded from their
     # original files would be bound to the host: refuse to run with them.
@@ -84,20 +108,6 @@ def _install(config):
 
     ExtensionFileLoader.create_module = create_module
     sys._gilclone_twins = twins
-    sys._gilclone_index = config["index"]
-
-    _install_dll_directory_hook()
-    sys.argv[:] = config["argv"]
-    if config["site"]:
-        import site
-
-        site.main()
-    sys.path[:] = config["sys_path"]
-    _take_runtime_settings(config["runtime"])
-    _install_guards(config["guards"], ExtensionFileLoader, config["libpython"])
-    # After the guards: their ctypes finder (own_pythonapi) goes first in sys.meta_path, and
-    # this hook, which also points ctypes.pythonapi at the clone, must come before it.
-    _install_ctypes_hook(config)
 
 
 def _install_ctypes_hook(config):
@@ -111,7 +121,10 @@ def _install_ctypes_hook(config):
 
     flags = config["dlopen_flags"]
     libpython = config.get("libpython")
-    if flags is None or not libpython:
+    # In a namespace, libraries ctypes loads land in it, bound to it; only PyDLL(None), the
+    # global scope of the process (the host's libpython), needs pointing at this clone.
+    namespace = config.get("route") == "namespaces"
+    if (flags is None and not namespace) or not libpython:
         return  # Linux only: elsewhere ctypes already loads by path
     host = sys._gilclone_host
 
@@ -134,8 +147,8 @@ def _install_ctypes_hook(config):
             if handle is not None:
                 pass  # wraps a handle the caller already has
             elif name is None and self._func_flags_ & ctypes._FUNCFLAG_PYTHONAPI:
-                name, mode = libpython, mode | flags  # PyDLL(None): the C API of this clone
-            else:
+                name, mode = libpython, mode | (flags or 0)  # PyDLL(None): the C API of this clone
+            elif not namespace:
                 copy = own_copy(name)
                 if copy:
                     name, mode = copy, mode | flags
@@ -155,7 +168,7 @@ def _install_ctypes_hook(config):
 
         cffi.FFI.dlopen = dlopen
 
-    patches = {"ctypes": patch_ctypes, "cffi": patch_cffi}
+    patches = {"ctypes": patch_ctypes} if namespace else {"ctypes": patch_ctypes, "cffi": patch_cffi}
     for name in [n for n in patches if n in sys.modules]:  # imported by site (a .pth file)
         patches.pop(name)(sys.modules[name])
 

@@ -49,6 +49,8 @@ def load_flags() -> int:
 class Clone:
     """One libpython copy loaded and initialised in this process."""
 
+    route = "copies"  # how it is loaded (namespace.py: "namespaces")
+
     def __init__(self, record: store.CloneRecord, python: dict):
         self.record = record
         self.python = environment_of_this_process(python_for_host(python))
@@ -124,16 +126,7 @@ class Clone:
         fn = api.PyCFunction_NewEx(ctypes.byref(self._method), None, None)
         api.PySys_SetObject(b"_gilclone_host", fn)
         api.Py_DecRef(fn)
-        config = {
-            "index": self.record.index,
-            "libpython": self.record.libpython,  # ctypes.pythonapi in the clone (guards and ctypes hook)
-            "dlopen_flags": load_flags() if sys.platform.startswith("linux") else None,
-            "sys_path": list(sys_path if sys_path is not None else self.python["sys_path"]),
-            "argv": list(argv if argv is not None else [""]),
-            "site": run_site,
-            "runtime": pyconfig.runtime_settings(),
-            "guards": os.path.join(os.path.dirname(os.path.abspath(__file__)), "inclone_guards.py"),
-        }
+        config = self._bootstrap_config(sys_path, argv, run_site)
         source = _bootstrap_source() + f"\n_gilclone_bootstrap({config!r})\n"
         api.PyRun_SimpleString(source.encode("utf-8"))
         error = self.sys_attr_text("_gilclone_error")
@@ -142,6 +135,20 @@ class Clone:
         self._main_tstate = api.PyEval_SaveThread()  # release the clone's GIL
         if error:
             raise CloneLoadError(f"clone {self.record.index} failed to start:\n{error}")
+
+    def _bootstrap_config(self, sys_path, argv, run_site: bool) -> dict:
+        """What inclone_bootstrap.py is told (a literal dict)."""
+        return {
+            "index": self.record.index,
+            "route": "copies",  # twins for extension modules, ctypes loads the clone's copies
+            "libpython": self.record.libpython,  # ctypes.pythonapi in the clone (guards and ctypes hook)
+            "dlopen_flags": load_flags() if sys.platform.startswith("linux") else None,
+            "sys_path": list(sys_path if sys_path is not None else self.python["sys_path"]),
+            "argv": list(argv if argv is not None else [""]),
+            "site": run_site,
+            "runtime": pyconfig.runtime_settings(),
+            "guards": os.path.join(os.path.dirname(os.path.abspath(__file__)), "inclone_guards.py"),
+        }
 
     def _initialise_legacy(self) -> None:
         """Windows: the pre-PyConfig start-up, which finds the clone's ._pth file."""
@@ -348,9 +355,10 @@ _GIL_WAIT_AT_EXIT = 10.0  # seconds; a free clone's GIL is had within a switch i
 
 
 def join_clone_threads() -> None:
-    for clone in list(_REGISTRY.values()):
-        if clone.initialised:
-            _join_threads_of(clone)
+    for registry in _EXIT_REGISTRIES:
+        for clone in list(registry.values()):
+            if clone.initialised:
+                _join_threads_of(clone)
 
 
 def _join_threads_of(clone: Clone) -> None:
@@ -377,6 +385,8 @@ def _join_threads_of(clone: Clone) -> None:
 
 _REGISTRY: Dict[str, Clone] = {}
 _REGISTRY_LOCK = threading.Lock()
+# Registries whose clones' threads are joined at exit (namespace.py adds its own).
+_EXIT_REGISTRIES: list = [_REGISTRY]
 
 
 def clone_for(record: store.CloneRecord, python: dict) -> Clone:

@@ -50,6 +50,11 @@ class CloneLoadError(GilcloneError):
     """A prepared clone could not be loaded or initialised in this process."""
 
 
+class NamespaceLimitError(CloneLoadError):
+    """No further link-map namespace could be opened for the namespace route (glibc's
+    limit, 11 by default and 15 at most)."""
+
+
 class CacheTrustError(CloneError):
     """A file of the clone cache could have been written by someone else (owner, mode, symlink)."""
 

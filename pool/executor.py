@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ROUTES = ("copies", "namespaces")
 _leased = set()  # libpython paths of clones in use by a live pool in this process
 _lease_lock = threading.Lock()
 _worker_states: "weakref.WeakKeyDictionary[threading.Thread, _PoolState]" = weakref.WeakKeyDictionary()
@@ -137,11 +138,14 @@ class ClonePool(Executor):
     reused. ``python``: the interpreter whose cached set to use when ``clones`` is None
     (it must be this interpreter's version). ``task_timeout`` (seconds) limits every task:
     past it the task is interrupted and its future raises
-    ``concurrent.futures.TimeoutError``.
+    ``concurrent.futures.TimeoutError``. ``route``: how clones are loaded, ``"copies"``
+    (each worker a libpython copy; any count, any OS) or ``"namespaces"`` (Linux with glibc:
+    the original libpython once per link-map namespace, less memory per worker, at most
+    15 workers); default: ``$GILCLONE_ROUTE``, else ``"copies"`` (docs/pool.md).
     """
 
     def __init__(self, max_workers=None, *, initializer=None, initargs=(), python=None, clones=None,
-                 task_timeout=None):
+                 task_timeout=None, route=None):
         if hasattr(sys, "_gilclone_index"):
             raise GilcloneError(
                 "a ClonePool cannot be created inside a clone; guard pool creation in your "
@@ -158,12 +162,13 @@ class ClonePool(Executor):
             raise ValueError(f"max_workers must be at most {MAX_CLONES} (clones per set), not {max_workers}")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        self._route = _checked_route(route, max_workers)
         self._max_workers = max_workers
         self._task_timeout = _checked_timeout(task_timeout)
         self._source = _CloneSource(clones, python)
         from gilclone.pool.worker import main_module_location
 
-        self._setup = (initializer, tuple(initargs), list(sys.path), main_module_location())
+        self._setup = (initializer, tuple(initargs), list(sys.path), main_module_location(), self._route)
         self._state = _PoolState()
         self._records = self._state.records  # the clones started workers hold
         self._threads: List[threading.Thread] = []
@@ -378,16 +383,15 @@ def _worker(pool_ref, state: _PoolState, source: _CloneSource, setup) -> None:
 
 
 def _start_worker(state: _PoolState, source: _CloneSource, setup) -> "Optional[WorkerContext]":
-    from gilclone.cloner.load import clone_for
     from gilclone.pool.worker import WorkerContext
 
-    initializer, initargs, sys_path, (main_path, main_name) = setup
+    initializer, initargs, sys_path, (main_path, main_name), route = setup
     worker = record = None
     try:
         cset = source.get()
         record = _lease(cset, 1, source.heals)[0]
-        log.info("starting a worker on clone %d of %s", record.index, cset.root)
-        worker = WorkerContext(clone_for(record, cset.python), sys_path, main_path, main_name)
+        log.info("starting a worker on clone %d of %s (route %s)", record.index, cset.root, route)
+        worker = WorkerContext(_clone_of(record, cset, route), sys_path, main_path, main_name)
         state.records.append(record)
         worker.initialize(initializer, initargs)
     except BaseException as exc:
@@ -403,6 +407,38 @@ def _start_worker(state: _PoolState, source: _CloneSource, setup) -> "Optional[W
         return None
     state.workers.append(worker)
     return worker
+
+
+def _clone_of(record: "store.CloneRecord", cset: "store.CloneSet", route: str):
+    """The interpreter for a leased record: its copy, or the set's libpython in a namespace
+    (leased by record all the same, so two live pools never share one)."""
+    if route == ROUTES[1]:
+        from gilclone.cloner.namespace import namespace_for
+
+        return namespace_for(record, cset)
+    from gilclone.cloner.load import clone_for
+
+    return clone_for(record, cset.python)
+
+
+def _checked_route(route, max_workers: int) -> str:
+    """The route asked for (argument, then $GILCLONE_ROUTE, then copies), if it can work here."""
+    chosen = route if route is not None else (os.environ.get("GILCLONE_ROUTE") or ROUTES[0])
+    if chosen not in ROUTES:
+        where = "route" if route is not None else "GILCLONE_ROUTE"
+        raise ValueError(f"{where} must be one of {', '.join(map(repr, ROUTES))}, not {chosen!r}")
+    if chosen == ROUTES[1]:
+        from gilclone.cloner import namespace
+
+        reason = namespace.unsupported_reason()
+        if reason:
+            raise GilcloneError(f"{reason}; use route='copies'")
+        if max_workers > namespace.MAX_NAMESPACES:
+            raise ValueError(
+                f"route='namespaces' gives at most {namespace.MAX_NAMESPACES} workers (glibc's "
+                f"link-map namespaces), not {max_workers}; use route='copies' for more"
+            )
+    return chosen
 
 
 def _break(state: _PoolState, reason: str, cause: BaseException) -> None:

@@ -14,6 +14,7 @@ class WorkerStats:
     cpu_seconds: float  # CPU time of the worker thread, which runs the clone's side of its tasks
     transport_bytes: int  # size of the transport buffer now
     peak_transport_bytes: int  # the largest it has been
+    route: str = "copies"  # how its clone is loaded: "copies" or "namespaces" (docs/pool.md)
 
     @classmethod
     def of(cls, worker) -> "WorkerStats":
@@ -25,6 +26,7 @@ class WorkerStats:
             cpu_seconds=worker.cpu_seconds(),
             transport_bytes=len(view) if view is not None else 0,
             peak_transport_bytes=worker.peak_transport,
+            route=worker.clone.route,
         )
 
 
