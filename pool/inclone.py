@@ -12,10 +12,8 @@ comes in pieces (see ``load_pieces``); 16- payload.
 
 import os
 import pickle
-import runpy
 import struct
 import sys
-import traceback
 
 from gilclone.pool import batches, serialize
 from gilclone.pool.interrupted import TaskInterrupted
@@ -46,8 +44,12 @@ def run_chunk(fn, chunk):
 def fixup_main(main_path, main_name):
     """Make the host's ``__main__`` functions findable, as the spawn start method does."""
     if main_name and not (main_name == "__main__" or main_name.endswith(".__main__")):
+        import runpy  # here: a pool without a main script to re-run never needs it
+
         module = runpy.run_module(main_name, run_name="__mp_main__", alter_sys=True)
     elif main_path and os.path.isfile(main_path):
+        import runpy
+
         module = runpy.run_path(main_path, run_name="__mp_main__")
     else:
         return
@@ -228,6 +230,8 @@ def release_views(*views):
 
 
 def _error_payload(exc, context=None):
+    import traceback  # here: imported by the first error, not by every clone's start
+
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if context:
         tb = f"{context}\n{tb}"
