@@ -20,7 +20,9 @@ change only under the clone's GIL, so an interrupter that holds it sees a
 consistent state and an interrupt never lands in another task (see ``run``).
 """
 
-import pickle
+# The C pickler itself (pickle.py re-exports these very objects): pickle.py imports re and
+# enum, which every clone would then load at start whether its tasks use them or not.
+import _pickle as pickle
 import struct
 
 from gilclone.pool.interrupted import TaskInterrupted

@@ -10,8 +10,10 @@ shared view is still in use by the clone after the task; byte 10 set when a task
 comes in pieces (see ``load_pieces``); 16- payload.
 """
 
+# The C pickler itself (pickle.py re-exports these very objects): pickle.py imports re and
+# enum, which every clone would then load at start whether its tasks use them or not.
+import _pickle as pickle
 import os
-import pickle
 import struct
 import sys
 

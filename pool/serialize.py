@@ -15,10 +15,12 @@ Those are sent by value with cloudpickle, which the clone imports from the host'
 back from a clone take the same fallback. Imported in the host and in clones.
 """
 
+# The C pickler itself (pickle.py re-exports these very objects): pickle.py imports re and
+# enum, which every clone would then load at start whether its tasks use them or not.
+import _pickle as pickle
 import functools
 import io
 import os
-import pickle
 import sys
 import types
 
