@@ -47,15 +47,21 @@ def file_of(address):
     return os.path.realpath(info.fname.decode())
 
 
-def wait_for_both(pool, fn, *args, rounds=4):
-    """Run ``fn`` until both clones answered; {clone index: result}."""
+def wait_for_both(pool, fn, *args, limit=120):
+    """Run ``fn`` until both clones answered; {clone index: result}.
+
+    Workers start lazily: the second clone may still be starting (loading its twins) while
+    the first has run a few rounds of quick tasks, so this waits for it up to ``limit``
+    seconds rather than a fixed number of rounds (CI: "only clones [0] ran")."""
     seen = {}
-    for _ in range(rounds):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
         for index, value in pool.map(fn, *[[a] * 4 for a in args]) if args else pool.map(fn, range(4)):
             seen.setdefault(index, value)
         if len(seen) == 2:
             return seen
-    raise AssertionError(f"only clones {sorted(seen)} ran")
+        time.sleep(0.05)
+    raise AssertionError(f"only clones {sorted(seen)} ran in {limit} s")
 
 
 # -- helper library -------------------------------------------------------------------------

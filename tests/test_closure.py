@@ -381,11 +381,10 @@ if __name__ == "__main__":
 
     with ClonePool(2, clones=sys.argv[1]) as pool:
         seen = {}
-        for _ in range(4):
+        deadline = time.monotonic() + 120  # the second clone starts lazily: wait for it
+        while len(seen) < 2 and time.monotonic() < deadline:
             for index, value in pool.map(work, range(4)):
                 seen.setdefault(index, value)
-            if len(seen) == 2:
-                break
     print(json.dumps({"host": work(0), "clones": seen}))
 """
 
