@@ -20,12 +20,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 import tasks  # noqa: E402
-from gilclone.pool import BrokenClonePool, ClonePool, TaskInterrupted, shared  # noqa: E402
-
-
-def spin():
-    while True:
-        pass
+from gilclone.pool import BrokenClonePool, ClonePool, shared  # noqa: E402
+from scenario_checks import check, gil_held_while_other_runs, interrupt_then_reuse  # noqa: E402
 
 
 def stdlib_work(n):
@@ -80,19 +76,8 @@ def sleep_then_work(seconds, n):
     return stdlib_work(n)
 
 
-def check(results, name, fn):
-    try:
-        ok, detail = fn()
-    except BaseException as exc:  # a scenario must report, not die
-        ok, detail = False, f"{type(exc).__name__}: {exc}"
-    results[name] = [bool(ok), str(detail)[:400]]
 
 
-def started(future):
-    deadline = time.monotonic() + 60
-    while not future.running() and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return future.running()
 
 
 def host_address():
@@ -103,15 +88,7 @@ def basic():
     results = {}
     with ClonePool(2, route="namespaces") as pool:
         def parallel():
-            # By behaviour: one namespace spins without ever offering its GIL while the
-            # other sets the flag it waits for (with one GIL the setter could not run).
-            flags = bytearray(2)
-            holder = pool.submit(tasks.hold_gil_until_set, shared(flags))
-            deadline = time.monotonic() + 120
-            while not flags[1] and time.monotonic() < deadline and not holder.done():
-                time.sleep(0.001)
-            setter = pool.submit(tasks.set_flag, shared(flags))
-            held, _ = holder.result(), setter.result()
+            held, _ = gil_held_while_other_runs(pool)  # by behaviour, not by speed
             routes = [s.route for s in pool.stats()]
             return held == "released" and routes == ["namespaces"] * 2, f"{held}; routes {routes}"
 
@@ -180,17 +157,7 @@ def basic():
         check(results, "threads", threads)
 
         def interrupt():
-            f = pool.submit(spin)
-            if not started(f):
-                return False, "task never started"
-            t0 = time.monotonic()
-            pool.interrupt(f)
-            try:
-                f.result(timeout=30)
-            except TaskInterrupted:
-                took = time.monotonic() - t0
-                return pool.submit(tasks.add, 1, 1).result() == 2, f"interrupted in {took * 1000:.1f} ms"
-            return False, "the task was not interrupted"
+            return interrupt_then_reuse(pool)
 
         check(results, "interrupt", interrupt)
 
@@ -199,7 +166,7 @@ def basic():
 
             t0 = time.monotonic()
             try:
-                pool.options(timeout=0.2).submit(spin).result(timeout=30)
+                pool.options(timeout=0.2).submit(tasks.spin).result(timeout=30)
             except FuturesTimeout:
                 took = time.monotonic() - t0
                 return pool.submit(tasks.add, 2, 2).result() == 4 and took < 10, f"timed out after {took:.2f} s"

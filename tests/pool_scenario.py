@@ -16,31 +16,10 @@ from gilclone.pool import (  # noqa: E402
     BrokenClonePool,
     ClonePool,
     RemoteTraceback,
-    TaskInterrupted,
     TaskPicklingError,
     shared,
 )
-
-
-def spin():
-    """Runs until interrupted (a main-script function: clones load this file as __mp_main__)."""
-    while True:
-        pass
-
-
-def started(future):
-    deadline = time.monotonic() + 60
-    while not future.running() and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return future.running()
-
-
-def check(results, name, fn):
-    try:
-        ok, detail = fn()
-    except BaseException as exc:  # a scenario must report, not die
-        ok, detail = False, f"{type(exc).__name__}: {exc}"
-    results[name] = [bool(ok), str(detail)[:300]]
+from scenario_checks import check, gil_held_while_other_runs, interrupt_then_reuse  # noqa: E402
 
 
 def main():
@@ -76,14 +55,7 @@ def main():
         check(results, "shared", sharing)
 
         def parallel():
-            # Decided by behaviour: one clone spins holding its GIL while another runs.
-            flags = bytearray(2)
-            holder = pool.submit(tasks.hold_gil_until_set, shared(flags))
-            deadline = time.monotonic() + 120
-            while not flags[1] and time.monotonic() < deadline and not holder.done():
-                time.sleep(0.001)
-            setter = pool.submit(tasks.set_flag, shared(flags))
-            held, other = holder.result(), setter.result()
+            held, other = gil_held_while_other_runs(pool)  # decided by behaviour
             # The speed-up, for the record only: it depends on the machine's load.
             n = 1_500_000
             t0 = time.perf_counter()
@@ -155,17 +127,7 @@ def main():
 
     def interrupt():
         with ClonePool(1) as p:
-            f = p.submit(spin)
-            if not started(f):
-                return False, "task never started"
-            t0 = time.monotonic()
-            p.interrupt(f)
-            try:
-                f.result(timeout=30)
-            except TaskInterrupted:
-                took = time.monotonic() - t0
-                return p.submit(tasks.add, 1, 1).result() == 2, f"interrupted in {took * 1000:.1f} ms"
-            return False, "the task was not interrupted"
+            return interrupt_then_reuse(p)
 
     check(results, "interrupt", interrupt)
 
@@ -175,7 +137,7 @@ def main():
         with ClonePool(1, task_timeout=0.2) as p:
             t0 = time.monotonic()
             try:
-                p.submit(spin).result(timeout=30)
+                p.submit(tasks.spin).result(timeout=30)
             except FuturesTimeout:
                 took = time.monotonic() - t0
                 ok = p.options(timeout=None).submit(tasks.add, 2, 2).result() == 4 and p.workers == 1

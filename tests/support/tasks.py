@@ -186,3 +186,9 @@ def hold_gil_until_set(flags, timeout=60.0):
 def set_flag(flags):
     flags[0] = 1
     return getattr(sys, "_gilclone_index", None)
+
+
+def spin():
+    """Runs until interrupted."""
+    while True:
+        pass
