@@ -171,7 +171,7 @@ def discard(path: str) -> None:
         return
     if not os.path.exists(path):
         return
-    trash = os.path.join(os.path.dirname(path), f".trash-{os.urandom(4).hex()}")
+    trash = os.path.join(os.path.dirname(path), f"{leftovers.TRASH}{os.urandom(4).hex()}")
     os.rename(path, trash)
     import shutil  # here: only removal needs it, not the first result's path
 

@@ -139,24 +139,26 @@ def resolve_needed(
         path = expand_tokens(name, origin_of(loader.path), config)
         found = probe(path)
         return (found, "path") if found is not None and found.compatible_with(loader) else (None, "")
+    for path, why in _candidates(name, loader, chain, config):
+        found = probe(path)
+        if found is not None and found.compatible_with(loader):
+            return found, why
+    return None, ""
+
+
+def _candidates(name: str, loader: DynamicFacts, chain: Sequence[DynamicFacts], config: LoaderConfig):
+    """(path, how) for a bare ``name``, in ld.so's order; lazily, as the first fit ends it."""
     for directory, why in search_order(loader, chain, config):
         for d in _with_hwcaps(directory, config):
-            found = probe(os.path.join(d, name))
-            if found is not None and found.compatible_with(loader):
-                return found, why
+            yield os.path.join(d, name), why
     if loader.nodeflib:
-        return None, ""
+        return
     for entry in config.cache:
         if entry.name == name:
-            found = probe(entry.path)
-            if found is not None and found.compatible_with(loader):
-                return found, "cache"
+            yield entry.path, "cache"
     for directory in config.default_dirs:
         for d in _with_hwcaps(directory, config):
-            found = probe(os.path.join(d, name))
-            if found is not None and found.compatible_with(loader):
-                return found, "default"
-    return None, ""
+            yield os.path.join(d, name), "default"
 
 
 # dyld (macOS): names in load commands, checked statically. An image's LC_RPATH entries
