@@ -231,34 +231,12 @@ POOL_SCRIPT = textwrap.dedent('''
                 "twins": {k: twins.get(m.__spec__.origin) for k, m in mods.items()}}
 
 
-    def hold_gil_until_set(flags):
-        """Spin without ever offering this clone's GIL until another clone sets flags[0].
-
-        With one GIL shared by both clones the setter could never run: the spin
-        would time out. Independent GILs let it through whatever the machine's load.
-        """
-        old = sys.getswitchinterval()
-        sys.setswitchinterval(1000.0)
-        try:
-            flags[1] = 1
-            deadline = time.monotonic() + 60
-            while not flags[0]:
-                if time.monotonic() > deadline:
-                    return "timed out"
-            return "released"
-        finally:
-            sys.setswitchinterval(old)
-
-
-    def set_flag(flags):
-        flags[0] = 1
-        return sys._gilclone_index
-
-
     if __name__ == "__main__":
-        from gilclone.pool import ClonePool, shared
+        from gilclone.pool import ClonePool
 
         root, n, tasks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+        sys.path.insert(0, sys.argv[4])  # tests/support, before the pool copies sys.path
+        from scenario_checks import gil_held_while_other_runs
         t0 = time.perf_counter()
         pool = ClonePool(2, clones=root)
         pool.submit(work, 10).result()
@@ -277,12 +255,7 @@ POOL_SCRIPT = textwrap.dedent('''
             b = ctypes.WinDLL(rec.libpython).Py_IsInitialized
             host = ctypes.pythonapi.Py_IsInitialized
             forwarding.append([ctypes.cast(x, ctypes.c_void_p).value for x in (a, b, host)])
-        flags = bytearray(2)
-        holder = pool.submit(hold_gil_until_set, shared(flags))
-        while not flags[1]:
-            time.sleep(0.01)
-        setter = pool.submit(set_flag, shared(flags))
-        gils = [holder.result(), setter.result()]
+        gils = list(gil_held_while_other_runs(pool))
         s0 = time.perf_counter()
         expected = [work(n) for _ in range(tasks)]
         serial = time.perf_counter() - s0
@@ -348,7 +321,9 @@ def test_wine_native_prepare_verify_and_pool(version, wine_pythons):
 
     script = wine_pythons.base / "pool_script.py"
     script.write_text(POOL_SCRIPT)
-    proc = wine.run(python, [wine.windows_path(script), wine.windows_path(dest), "60000", "4"])
+    support = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support")
+    proc = wine.run(python, [wine.windows_path(script), wine.windows_path(dest), "60000", "4",
+                             wine.windows_path(support)])
     assert proc.returncode == 0, wine.describe(proc)
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["same"]
