@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 from gilclone.cloner.naming import MAX_CLONES
 from gilclone.pool import deadlines, inclone
 from gilclone.pool.errors import BrokenClonePool, TaskInterrupted
+from gilclone.pool.interrupted import unstarted
 
 from gilclone.errors import GilcloneError, PythonVersionError
 
@@ -412,7 +413,7 @@ def _start_worker(state: _PoolState, source: _CloneSource, setup) -> "Optional[W
 def _clone_of(record: "store.CloneRecord", cset: "store.CloneSet", route: str):
     """The interpreter for a leased record: its copy, or the set's libpython in a namespace
     (leased by record all the same, so two live pools never share one)."""
-    if route == ROUTES[1]:
+    if route == "namespaces":
         from gilclone.cloner.namespace import namespace_for
 
         return namespace_for(record, cset)
@@ -423,11 +424,11 @@ def _clone_of(record: "store.CloneRecord", cset: "store.CloneSet", route: str):
 
 def _checked_route(route, max_workers: int) -> str:
     """The route asked for (argument, then $GILCLONE_ROUTE, then copies), if it can work here."""
-    chosen = route if route is not None else (os.environ.get("GILCLONE_ROUTE") or ROUTES[0])
+    chosen = route if route is not None else (os.environ.get("GILCLONE_ROUTE") or "copies")
     if chosen not in ROUTES:
         where = "route" if route is not None else "GILCLONE_ROUTE"
         raise ValueError(f"{where} must be one of {', '.join(map(repr, ROUTES))}, not {chosen!r}")
-    if chosen == ROUTES[1]:
+    if chosen == "namespaces":
         from gilclone.cloner import namespace
 
         reason = namespace.unsupported_reason()
@@ -540,7 +541,7 @@ def _run_one_by_one(state: _PoolState, worker: "WorkerContext", live, interrupte
     for item, task in live:
         del state.running[item.future]
         if task in interrupted:
-            item.future.set_exception(TaskInterrupted(f"{interrupted[task]}: interrupted before it started"))
+            item.future.set_exception(unstarted(interrupted[task]))
         else:
             _run_item(state, worker, item, started=True)
 

@@ -17,13 +17,13 @@ import sys
 import threading
 import time
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from gilclone.cloner.capi import Py_buffer, PyBUF_WRITE
 from gilclone.cloner.load import Clone
 from gilclone.pool import batches, inclone, serialize, sharing
 from gilclone.pool.errors import RemoteTraceback, TaskPicklingError
-from gilclone.pool.interrupted import TaskInterrupted
+from gilclone.pool.interrupted import unstarted
 
 from gilclone.errors import CloneLoadError
 
@@ -69,7 +69,7 @@ class WorkerContext:
         self._running: Optional[int] = None  # the task in the clone; changed holding its GIL
         self._sent: Optional[Tuple[int, str]] = None  # (task, reason) of the interrupt sent
         self._batch: Optional[Dict[int, int]] = None  # task -> place in the batch in the clone
-        self._batch_ahead: Dict[int, int] = {}  # the same for a batch not yet in the clone
+        self._batch_ahead: Set[int] = set()  # the tasks of a batch not yet in the clone
         self.batch_sent: Dict[int, str] = {}  # task of the batch -> reason it was interrupted
         self.tasks = 0
         self.peak_transport = 0
@@ -310,14 +310,14 @@ class WorkerContext:
         """``tasks`` are about to run as one batch (call before their futures say they
         run): an interrupt from now on ends a task of them unrun."""
         with self._interrupt_lock:
-            self._batch_ahead = {task: i for i, task in enumerate(tasks)}
+            self._batch_ahead = set(tasks)
             self.batch_sent = {}
 
     def batch_over(self) -> Dict[int, str]:
         """Forget the expected batch; return its tasks interrupted before it reached the
         clone (task -> reason), for a batch that went one by one instead."""
         with self._interrupt_lock:
-            sent, self.batch_sent, self._batch_ahead = self.batch_sent, {}, {}
+            sent, self.batch_sent, self._batch_ahead = self.batch_sent, {}, set()
             return sent
 
     def call_batch(self, tasks: List[int], data: bytes) -> Optional[list]:
@@ -333,7 +333,7 @@ class WorkerContext:
             self._batch = {task: i for i, task in enumerate(tasks)}
             for task in self.batch_sent:  # interrupted before the batch reached the clone
                 batches.mark_skipped(self._view, self._batch[task])
-            self._batch_ahead = {}
+            self._batch_ahead = set()
         result = api.PyObject_CallObject(self._run_batch, None)
         self._batch = None  # holding the clone's GIL: interrupters see the batch is over
         sent, self.batch_sent = self.batch_sent, {}
@@ -422,7 +422,7 @@ class WorkerContext:
             if self._sent is not None and api.PyErr_ExceptionMatches(self._interrupt_type):
                 api.PyErr_Clear()
                 if self._view[8] == inclone.NO_REPLY:  # delivered before the task started
-                    raise TaskInterrupted(f"{self._sent[1]}: interrupted before it started")
+                    raise unstarted(self._sent[1])
                 return  # delivered after the runner had written its reply, which stands
             api.PyErr_Print()
             raise CloneLoadError(f"clone {self.clone.index}: the task runner itself failed")
