@@ -106,6 +106,8 @@ def _host_libc():
         libc.dlmopen.restype = ctypes.c_void_p
         libc.dlmopen.argtypes = [ctypes.c_long, ctypes.c_char_p, ctypes.c_int]
         libc.dlerror.restype = ctypes.c_char_p
+        libc.dlsym.restype = ctypes.c_void_p
+        libc.dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         libc.setlocale.restype = ctypes.c_char_p
         libc.setlocale.argtypes = [ctypes.c_int, ctypes.c_char_p]
         _libc = libc
@@ -144,10 +146,7 @@ def _open_error(path: str, slot: int, why: str) -> CloneLoadError:
 def _symbol(handle: int, name: str) -> int:
     """Address of ``name`` as the namespace binds it: dlsym on the libpython handle also
     searches its dependencies, so libc's symbols are the namespace's own libc's."""
-    lib = _host_libc()
-    lib.dlsym.restype = ctypes.c_void_p
-    lib.dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    address = lib.dlsym(handle, name.encode())
+    address = _host_libc().dlsym(handle, name.encode())
     if not address:
         raise CloneLoadError(f"the namespace's libc has no {name}; this libc is not supported")
     return address
